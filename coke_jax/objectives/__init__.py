@@ -1,0 +1,22 @@
+"""Training objectives. Each owns its state, its loss and its per-step update.
+
+An objective is a frozen dataclass with:
+  init(rng) -> state
+  loss(state, outputs, index) -> (per-example loss [b], per-example metrics)
+  update(state, embeddings [V, B, D], index [B], weight [B]) -> (state, metrics)
+  end_epoch(state) -> (state, metrics)
+  predict(state, embeddings [B, D]) -> cluster per head [H, B]
+`loss` runs on one device's examples; `update` on the whole global batch.
+"""
+
+from coke_jax.objectives.coke import CoKe
+
+
+def build_objective(config, num_examples: int):
+  obj = config.objective
+  if obj.name == "coke":
+    return CoKe(num_clusters=tuple(obj.num_clusters), num_examples=num_examples,
+                embed_dim=config.model.embed_dim, temperature=obj.temperature,
+                min_size_ratio=obj.min_size_ratio, dual_lr=obj.dual_lr,
+                dual_l1_radius=obj.dual_l1_radius, alpha=obj.alpha, beta=obj.beta)
+  raise ValueError(f"config.objective.name is {obj.name!r}; known objectives: ['coke'].")
