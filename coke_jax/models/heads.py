@@ -1,0 +1,47 @@
+"""Projection and prediction MLPs and the model that joins them to a backbone."""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from coke_jax import clustering
+
+
+class MLPHead(nn.Module):
+  """Linear-BN-ReLU blocks then a linear output (BN on it as in the official projection head)."""
+  hidden_dim: int
+  out_dim: int
+  num_layers: int = 2
+  bn_on_output: bool = True
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                                axis_name=self.axis_name)
+    for _ in range(self.num_layers - 1):
+      x = nn.relu(norm()(nn.Dense(self.hidden_dim)(x)))
+    x = nn.Dense(self.out_dim)(x)
+    return norm()(x) if self.bn_on_output else x
+
+
+class SSLModel(nn.Module):
+  """Backbone -> projection (-> prediction); returns unit-norm embeddings.
+
+  Outputs: `features` [B, F] backbone features (what linear and kNN evaluation
+  use), `proj` [B, D] and optionally `pred` [B, D], L2-normalized in float32.
+  """
+  backbone: nn.Module
+  projector: nn.Module
+  predictor: Optional[nn.Module] = None
+
+  def __call__(self, images, train: bool) -> dict[str, jax.Array]:
+    features = self.backbone(images, train)
+    z = self.projector(features, train)
+    out = {"features": features,
+           "proj": clustering.l2_normalize(z.astype(jnp.float32))}
+    if self.predictor is not None:
+      out["pred"] = clustering.l2_normalize(self.predictor(z, train).astype(jnp.float32))
+    return out

@@ -1,0 +1,75 @@
+"""ResNet-18/34/50 (He et al., 2016) with the ImageNet stem or the CIFAR stem."""
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class _Block(nn.Module):
+  """Basic (two 3x3) or bottleneck (1x1-3x3-1x1, 4x expansion) residual block."""
+  width: int
+  stride: int
+  bottleneck: bool
+  norm: callable
+  zero_init_last_bn: bool
+
+  @nn.compact
+  def __call__(self, x):
+    conv = lambda w, k, s=1: nn.Conv(w, (k, k), strides=s, padding="SAME", use_bias=False)
+    last_norm = lambda: self.norm(scale_init=nn.initializers.zeros if self.zero_init_last_bn
+                                  else nn.initializers.ones)
+    out_width = self.width * (4 if self.bottleneck else 1)
+    if self.bottleneck:
+      y = nn.relu(self.norm()(conv(self.width, 1)(x)))
+      y = nn.relu(self.norm()(conv(self.width, 3, self.stride)(y)))
+      y = last_norm()(conv(out_width, 1)(y))
+    else:
+      y = nn.relu(self.norm()(conv(self.width, 3, self.stride)(x)))
+      y = last_norm()(conv(self.width, 3)(y))
+    if x.shape[-1] != out_width or self.stride != 1:
+      x = self.norm()(conv(out_width, 1, self.stride)(x))
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """Returns globally average-pooled features [B, 512 or 2048]."""
+  stage_sizes: Sequence[int]
+  bottleneck: bool
+  cifar_stem: bool = False     # 3x3 stride-1 conv, no max-pool (for 32x32 inputs)
+  zero_init_last_bn: bool = False
+  width: int = 64
+  axis_name: Optional[str] = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                     axis_name=self.axis_name, dtype=self.dtype, **kw)
+    x = x.astype(self.dtype)
+    if self.cifar_stem:
+      x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+      x = nn.relu(norm()(x))
+    else:
+      x = nn.Conv(self.width, (7, 7), strides=2, padding=[(3, 3), (3, 3)], use_bias=False,
+                  dtype=self.dtype)(x)
+      x = nn.relu(norm()(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    for stage, num_blocks in enumerate(self.stage_sizes):
+      for block in range(num_blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = _Block(self.width * 2**stage, stride, self.bottleneck, norm,
+                   self.zero_init_last_bn)(x)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+def resnet18(**kw):
+  return ResNet(stage_sizes=(2, 2, 2, 2), bottleneck=False, **kw)
+
+
+def resnet34(**kw):
+  return ResNet(stage_sizes=(3, 4, 6, 3), bottleneck=False, **kw)
+
+
+def resnet50(**kw):
+  return ResNet(stage_sizes=(3, 4, 6, 3), bottleneck=True, **kw)

@@ -1,0 +1,27 @@
+"""A small CNN for 8x8 (digits) and other tiny images."""
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class SmallCNN(nn.Module):
+  """Stages of two 3x3 conv-BN-ReLU layers; every stage after the first halves the resolution.
+
+  Ends with global average pooling: [B, H, W, C] -> [B, widths[-1]].
+  """
+  widths: Sequence[int] = (32, 64, 128)
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = x.astype(jnp.float32)
+    for stage, width in enumerate(self.widths):
+      for layer in range(2):
+        stride = 2 if stage > 0 and layer == 0 else 1
+        x = nn.Conv(width, (3, 3), strides=stride, use_bias=False)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         axis_name=self.axis_name)(x)
+        x = nn.relu(x)
+    return jnp.mean(x, axis=(1, 2))
