@@ -1,0 +1,1 @@
+"""Input pipelines: data sources and the tf.data train and evaluation streams."""

@@ -1,0 +1,29 @@
+"""Shared helpers for tests: tiny configs and sources."""
+
+import numpy as np
+
+from coke_jax.data import sources
+from configs import smoke
+
+
+def smoke_config(**overrides):
+  """configs/smoke.py with dotted-key overrides, e.g. smoke_config(**{"objective.alpha": 1.0})."""
+  config = smoke.get_config()
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+  return config
+
+
+def random_source(num_train=64, num_heldout=16, shape=(8, 8, 1), num_classes=4, seed=0):
+  """A small in-memory dataset of random images (for shape/equivalence tests)."""
+  rng = np.random.default_rng(seed)
+  return sources.InMemorySource(
+      "random", rng.uniform(size=(num_train, *shape)).astype(np.float32),
+      rng.integers(0, num_classes, num_train).astype(np.int32),
+      rng.uniform(size=(num_heldout, *shape)).astype(np.float32),
+      rng.integers(0, num_classes, num_heldout).astype(np.int32), num_classes)
