@@ -1,0 +1,308 @@
+"""The trainer: create_train_state, train_step and train_and_evaluate.
+
+One code path for 1 device, many devices and many hosts: `train_step` is the
+body for one device's slice of the global batch, wrapped once by
+`sharding.shard_step`. The objective (CoKe) owns its state, its loss and its
+clustering update; the trainer only orders them:
+
+  epoch 0      the initialization scan of Sec. 3.3: forward passes collect
+               labels and centers; no gradient step is taken.
+  epoch t >= 1 loss against the labels/centers of epoch t-1, a gradient step,
+               and the clustering update that writes epoch t's labels/centers.
+  epoch end    the objective's `end_epoch` (labels/centers of t become t-1).
+"""
+
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+from clu import metric_writers
+import flax
+from flax import struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from coke_jax import checkpointing
+from coke_jax import models
+from coke_jax import objectives
+from coke_jax import sharding
+from coke_jax.data import input_pipeline
+from coke_jax.data import sources
+from coke_jax.evaluation import pretraining_eval
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything a run needs to continue exactly; all of it is checkpointed.
+
+  The data position is not stored separately: a batch is a function of
+  (config.seed, step), see `input_pipeline`.
+  """
+  step: jax.Array        # global step, the epoch-0 scan included
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  objective: Any         # the objective's state (CoKe: one HeadState per head)
+  rng: jax.Array         # uint32[2]; folded with the step for per-step randomness
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Callable:
+  """Linear warm-up then cosine decay to 0, by optimizer step (the scan epoch takes none)."""
+  opt = config.optimizer
+  peak = opt.learning_rate
+  if opt.scale_by_batch:
+    peak *= config.global_batch_size / 256  # lr = base * batch / 256 (Goyal et al.)
+  total = max(config.num_epochs * steps_per_epoch, 1)
+  warmup = min(int(opt.warmup_epochs * steps_per_epoch), total - 1)
+  if warmup <= 0:
+    return optax.cosine_decay_schedule(peak, total)
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, 0.0)
+
+
+def _decay_mask(params):
+  """Weight decay and LARS scaling apply to kernels only, not to biases or norm parameters."""
+  return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  opt = config.optimizer
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  if opt.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=_decay_mask),
+                     optax.sgd(schedule, momentum=opt.momentum))
+  elif opt.name == "lars":
+    tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=_decay_mask,
+                    trust_coefficient=opt.trust_coefficient, trust_ratio_mask=_decay_mask,
+                    momentum=opt.momentum)
+  else:
+    raise ValueError(f"config.optimizer.name is {opt.name!r}; use 'sgd' or 'lars'.")
+  return tx, schedule
+
+
+def create_train_state(config, model, objective, tx, image_shape, mesh) -> TrainState:
+  """A fresh state, built directly replicated on the mesh."""
+
+  def init(rng):
+    model_rng, objective_rng, state_rng = jax.random.split(rng, 3)
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    variables = model.init(model_rng, dummy, train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      objective=objective.init(objective_rng), rng=state_rng)
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(config.seed))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, objective, tx,
+               learn: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One step on this device's slice of the batch; returns replicated state and metrics.
+
+  batch: `images` [b, V, H, W, C], `index` [b], `weight` [b] (0 marks padding).
+  With learn=False (the epoch-0 scan) no gradient is taken and the parameters
+  and optimizer state are unchanged; BatchNorm still runs in training mode.
+  """
+  images, index, weight = batch["images"], batch["index"], batch["weight"]
+  num_real = sharding.total(jnp.sum(weight))
+
+  def forward(params):
+    batch_stats, outs = state.batch_stats, []
+    for v in range(images.shape[1]):  # views go through the network separately (own BN batch)
+      out, mutated = model.apply({"params": params, "batch_stats": batch_stats},
+                                 images[:, v], train=True, mutable=["batch_stats"])
+      batch_stats = mutated["batch_stats"]
+      outs.append(out)
+    outputs = {k: jnp.stack([o[k] for o in outs]) for k in ("proj", "pred") if k in outs[0]}
+    per_example, aux = objective.loss(state.objective, outputs, index)
+    loss = sharding.total(jnp.sum(per_example * weight)) / num_real
+    aux = {k: sharding.total(jnp.sum(v * weight)) / num_real for k, v in aux.items()}
+    return loss, (outputs, batch_stats, aux)
+
+  if learn:
+    (loss, (outputs, batch_stats, aux)), grads = jax.value_and_grad(
+        forward, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    aux["grad_norm"] = optax.tree.norm(grads)
+  else:
+    loss, (outputs, batch_stats, aux) = forward(state.params)
+    params, opt_state = state.params, state.opt_state
+
+  # Clustering on the global batch: every device gathers all embeddings and
+  # ids and runs the same update, so the clustering state stays replicated.
+  embeddings = sharding.gather(jax.lax.stop_gradient(outputs["proj"]), axis=1)  # [V, B, D]
+  objective_state, objective_metrics = objective.update(
+      state.objective, embeddings, sharding.gather(index), sharding.gather(weight))
+
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, objective=objective_state)
+  return new_state, {"loss": loss, **aux, **objective_metrics}
+
+
+class Trainer:
+  """Compiled pieces of one run: the sharded steps, epoch end and embedding."""
+
+  def __init__(self, config: ml_collections.ConfigDict, source, mesh):
+    self.config, self.source, self.mesh = config, source, mesh
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(source.num_train,
+                                                          config.global_batch_size)
+    self.total_steps = self.steps_per_epoch * (config.num_epochs + 1)
+    self.model = models.build_model(config.model, axis_name=sharding.DATA_AXIS)
+    self.objective = objectives.build_objective(config, source.num_train)
+    self.tx, self.schedule = make_optimizer(config, self.steps_per_epoch)
+    step_kwargs = dict(model=self.model, objective=self.objective, tx=self.tx)
+    self.learn_step = sharding.shard_step(
+        lambda s, b: train_step(s, b, learn=True, **step_kwargs), mesh)
+    self.scan_step = sharding.shard_step(
+        lambda s, b: train_step(s, b, learn=False, **step_kwargs), mesh)
+    replicated = sharding.replicated(mesh)
+
+    def end_epoch(state):
+      objective_state, metrics = self.objective.end_epoch(state.objective)
+      return state.replace(objective=objective_state), metrics
+
+    self.end_epoch = jax.jit(end_epoch, donate_argnums=(0,), out_shardings=replicated)
+    self._embed = jax.jit(lambda p, bs, x: self.model.apply(
+        {"params": p, "batch_stats": bs}, x, train=False))
+
+  def init_state(self) -> TrainState:
+    return create_train_state(self.config, self.model, self.objective, self.tx,
+                              self.source.image_shape, self.mesh)
+
+  def embed(self, state: TrainState, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Eval-mode features and projections of un-augmented images, in batches."""
+    outs = []
+    for chunk, real in input_pipeline.eval_batches(images, self.config.eval_batch_size):
+      out = self._embed(state.params, state.batch_stats, chunk)
+      outs.append({k: np.asarray(v)[:real] for k, v in out.items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+  def step(self, state: TrainState, batch, epoch: int):
+    return (self.scan_step if epoch == 0 else self.learn_step)(state, batch)
+
+
+class Progress:
+  """Console progress: step, epoch, loss, images/s and ETA, every `every` steps."""
+
+  def __init__(self, total_steps: int, steps_per_epoch: int, global_batch: int, start_step: int):
+    self.total, self.spe, self.batch = total_steps, steps_per_epoch, global_batch
+    self.last_step, self.last_time, self.start_time = start_step, time.time(), time.time()
+    self.start_step = start_step
+
+  def report(self, step: int, loss: float) -> str:
+    now = time.time()
+    rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    done = step - self.start_step
+    avg_step = (now - self.start_time) / max(done, 1)
+    eta = int(avg_step * (self.total - step))
+    self.last_step, self.last_time = step, now
+    epoch = (f"scan {step / self.spe:.0%}" if step < self.spe else
+             f"epoch {step / self.spe - 1:.2f}/{self.total // self.spe - 1}")
+    return (f"step {step}/{self.total}  {epoch}  loss {loss:.4f}  "
+            f"{rate * self.batch:,.0f} img/s  "
+            f"ETA {eta // 3600:d}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
+
+
+def evaluate(trainer: Trainer, state: TrainState) -> dict[str, Any]:
+  """Held-out clustering per head and kNN top-1 of the backbone features."""
+  return pretraining_eval.evaluate(trainer.embed(state, trainer.source.train_images),
+                                   trainer.embed(state, trainer.source.heldout_images),
+                                   trainer.source, trainer.objective, state.objective,
+                                   trainer.config)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_at_step: Optional[int] = None) -> TrainState:
+  """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates.
+
+  Writes TensorBoard summaries and checkpoints under `workdir` and the final
+  metrics to `<workdir>/final_metrics.json`; returns the final state. With
+  `stop_at_step`, stops there with a checkpoint and without evaluating (a
+  later call resumes).
+  """
+  mesh = sharding.make_mesh()
+  sharding.check_batch_divides(config.global_batch_size, mesh, jax.process_count())
+  source = sources.get_source(config.dataset)
+  trainer = Trainer(config, source, mesh)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  ckpt = checkpointing.Checkpointer(workdir, config, source.num_train)
+  state = trainer.init_state()
+  state = ckpt.restore_or(state)
+  step = int(state.step)
+  if step:
+    logging.info("Resumed from %s at step %d (epoch %.2f).", ckpt.directory, step,
+                 step / trainer.steps_per_epoch)
+  else:
+    writer.write_hparams(_flat_hparams(config))
+  spe, total = trainer.steps_per_epoch, trainer.total_steps
+  logging.info("%d training examples, %d steps per epoch, %d epochs + the epoch-0 scan, "
+               "%d steps, %d devices.", source.num_train, spe, config.num_epochs, total,
+               mesh.devices.size)
+  progress = Progress(total, spe, config.global_batch_size, step)
+  end = total if stop_at_step is None else min(stop_at_step, total)
+  while step < end:
+    epoch, start = divmod(step, spe)
+    for host_batch in input_pipeline.train_batches(source, config, epoch, start,
+                                                   jax.process_index(), jax.process_count()):
+      batch = sharding.global_batch_from_host(host_batch, mesh)
+      state, metrics = trainer.step(state, batch, epoch)
+      step += 1
+      if step % config.log_every_steps == 0 or step == total:
+        metrics = jax.device_get(metrics)
+        metrics["learning_rate"] = float(trainer.schedule(max(step - spe, 0)))
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+          raise FloatingPointError(
+              f"The loss is {loss} at step {step}; stopping without saving. The last good "
+              f"checkpoint in {ckpt.directory} is kept. Lower the learning rate or check "
+              "the data.")
+        writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+        logging.info(progress.report(step, loss))
+      if step % spe == 0:
+        state, epoch_metrics = trainer.end_epoch(state)
+        epoch_metrics = jax.device_get(epoch_metrics)
+        writer.write_scalars(step, {f"clusters/{k}": v for k, v in epoch_metrics.items()})
+        done_epoch = step // spe - 1
+        if (config.eval_every_epochs and done_epoch > 0 and step < total
+            and done_epoch % config.eval_every_epochs == 0):
+          results = evaluate(trainer, state)
+          writer.write_scalars(step, _flat_scalars(results, "eval"))
+          logging.info("epoch %d eval: %s", done_epoch, _summary(results))
+      if step % config.checkpoint_every_steps == 0 or step == end:
+        ckpt.save(step, state)
+      if step == end:
+        break
+  ckpt.wait()
+  if step < total:
+    return state
+  results = evaluate(trainer, state)
+  writer.write_scalars(step, _flat_scalars(results, "eval"))
+  writer.flush()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  logging.info("Final metrics (%s): %s", os.path.join(workdir, "final_metrics.json"),
+               json.dumps(results, indent=2))
+  return state
+
+
+def _flat_scalars(tree: dict, prefix: str) -> dict[str, float]:
+  flat = flax.traverse_util.flatten_dict(tree, sep="/")
+  return {f"{prefix}/{k}": v for k, v in flat.items() if isinstance(v, (int, float))}
+
+
+def _flat_hparams(config) -> dict[str, Any]:
+  flat = flax.traverse_util.flatten_dict(config.to_dict(), sep=".")
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+
+
+def _summary(results: dict) -> str:
+  parts = [f"knn_top1 {results['knn_top1']:.4f}"]
+  for name, head in results["heads"].items():
+    parts.append(f"{name}: acc {head['acc']:.4f} nmi {head['nmi']:.4f}")
+  return ", ".join(parts)
