@@ -99,25 +99,32 @@ def create_train_state(config, model, objective, tx, image_shape, mesh) -> Train
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, objective, tx,
-               learn: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+               steps_per_epoch: int, learn: bool) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step on this device's slice of the batch; returns replicated state and metrics.
 
-  batch: `images` [b, V, H, W, C], `index` [b], `weight` [b] (0 marks padding).
+  batch: `images` [b, V, H, W, C] (the large views), optionally `small_images`
+  [b, S, h, w, C] (multi-crop), `index` [b] and `weight` [b] (0 marks padding).
   With learn=False (the epoch-0 scan) no gradient is taken and the parameters
   and optimizer state are unchanged; BatchNorm still runs in training mode.
   """
-  images, index, weight = batch["images"], batch["index"], batch["weight"]
+  index, weight = batch["index"], batch["weight"]
   num_real = sharding.total(jnp.sum(weight))
+  epoch = state.step // steps_per_epoch
 
   def forward(params):
-    batch_stats, outs = state.batch_stats, []
-    for v in range(images.shape[1]):  # views go through the network separately (own BN batch)
-      out, mutated = model.apply({"params": params, "batch_stats": batch_stats},
-                                 images[:, v], train=True, mutable=["batch_stats"])
-      batch_stats = mutated["batch_stats"]
-      outs.append(out)
-    outputs = {k: jnp.stack([o[k] for o in outs]) for k in ("proj", "pred") if k in outs[0]}
-    per_example, aux = objective.loss(state.objective, outputs, index)
+    batch_stats, outputs = state.batch_stats, {}
+    for key, suffix in (("images", ""), ("small_images", "_small")):
+      if key not in batch:
+        continue
+      outs = []
+      for v in range(batch[key].shape[1]):  # views go through the network separately (own BN batch)
+        out, mutated = model.apply({"params": params, "batch_stats": batch_stats},
+                                   batch[key][:, v], train=True, mutable=["batch_stats"])
+        batch_stats = mutated["batch_stats"]
+        outs.append(out)
+      outputs.update({k + suffix: jnp.stack([o[k] for o in outs])
+                      for k in ("proj", "pred") if k in outs[0]})
+    per_example, aux = objective.loss(state.objective, outputs, index, epoch)
     loss = sharding.total(jnp.sum(per_example * weight)) / num_real
     aux = {k: sharding.total(jnp.sum(v * weight)) / num_real for k, v in aux.items()}
     return loss, (outputs, batch_stats, aux)
@@ -136,7 +143,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, objecti
   # ids and runs the same update, so the clustering state stays replicated.
   embeddings = sharding.gather(jax.lax.stop_gradient(outputs["proj"]), axis=1)  # [V, B, D]
   objective_state, objective_metrics = objective.update(
-      state.objective, embeddings, sharding.gather(index), sharding.gather(weight))
+      state.objective, embeddings, sharding.gather(index), sharding.gather(weight), epoch)
 
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, objective=objective_state)
@@ -154,7 +161,8 @@ class Trainer:
     self.model = models.build_model(config.model, axis_name=sharding.DATA_AXIS)
     self.objective = objectives.build_objective(config, source.num_train)
     self.tx, self.schedule = make_optimizer(config, self.steps_per_epoch)
-    step_kwargs = dict(model=self.model, objective=self.objective, tx=self.tx)
+    step_kwargs = dict(model=self.model, objective=self.objective, tx=self.tx,
+                       steps_per_epoch=self.steps_per_epoch)
     self.learn_step = sharding.shard_step(
         lambda s, b: train_step(s, b, learn=True, **step_kwargs), mesh)
     self.scan_step = sharding.shard_step(
@@ -162,7 +170,8 @@ class Trainer:
     replicated = sharding.replicated(mesh)
 
     def end_epoch(state):
-      objective_state, metrics = self.objective.end_epoch(state.objective)
+      epoch = state.step // self.steps_per_epoch - 1  # the epoch that just ended
+      objective_state, metrics = self.objective.end_epoch(state.objective, epoch)
       return state.replace(objective=objective_state), metrics
 
     self.end_epoch = jax.jit(end_epoch, donate_argnums=(0,), out_shardings=replicated)

@@ -33,7 +33,8 @@ class CoKeObjectiveTest(absltest.TestCase):
 
   def test_two_view_loss_matches_algorithm_2(self):
     loss, _ = self.obj.loss(self.heads, {"proj": jnp.asarray(self.proj),
-                                         "pred": jnp.asarray(self.pred)}, jnp.asarray(self.index))
+                                         "pred": jnp.asarray(self.pred)}, jnp.asarray(self.index),
+                            jnp.int32(3))
     expected = 0.0
     for head, k in zip(self.heads, (3, 5)):
       c = np.asarray(head.prev_centers)
@@ -50,7 +51,7 @@ class CoKeObjectiveTest(absltest.TestCase):
   def test_update_writes_labels_and_ignores_padding(self):
     weight = np.array([1, 1, 1, 1, 0, 0], np.float32)  # the last two rows are padding
     heads, _ = self.obj.update(self.heads, jnp.asarray(self.proj), jnp.asarray(self.index),
-                               jnp.asarray(weight))
+                               jnp.asarray(weight), jnp.int32(3))
     for old, new, k in zip(self.heads, heads, (3, 5)):
       x = self.proj.mean(0)
       expected_labels = np.argmax(x @ np.asarray(old.centers).T + np.asarray(old.dual), -1)
@@ -71,8 +72,8 @@ class CoKeObjectiveTest(absltest.TestCase):
 
   def test_end_epoch_rolls_labels_and_centers(self):
     heads, _ = self.obj.update(self.heads, jnp.asarray(self.proj), jnp.asarray(self.index),
-                               jnp.ones(6))
-    rolled, metrics = self.obj.end_epoch(heads)
+                               jnp.ones(6), jnp.int32(3))
+    rolled, metrics = self.obj.end_epoch(heads, jnp.int32(3))
     for before, after in zip(heads, rolled):
       np.testing.assert_array_equal(after.prev_labels, before.labels)
       np.testing.assert_array_equal(after.prev_centers, before.centers)

@@ -73,9 +73,12 @@ class ShardedStepTest(parameterized.TestCase):
     trainer = train.Trainer(config, source, mesh)
     state = trainer.init_state()
     batch = next(input_pipeline.train_batches(source, config, 0))
+    old_labels = state.objective[0].labels
     state, _ = trainer.step(state, sharding.global_batch_from_host(batch, mesh), 0)
     for leaf in jax.tree_util.tree_leaves(state):
       self.assertTrue(leaf.sharding.is_fully_replicated)
+    # The state was donated: the label table was updated in place, not copied.
+    self.assertTrue(old_labels.is_deleted())
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 An objective is a frozen dataclass with:
   init(rng) -> state
-  loss(state, outputs, index) -> (per-example loss [b], per-example metrics)
-  update(state, embeddings [V, B, D], index [B], weight [B]) -> (state, metrics)
-  end_epoch(state) -> (state, metrics)
+  loss(state, outputs, index, epoch) -> (per-example loss [b], per-example metrics)
+  update(state, embeddings [V, B, D], index [B], weight [B], epoch) -> (state, metrics)
+  end_epoch(state, epoch) -> (state, metrics)
   predict(state, embeddings [B, D]) -> cluster per head [H, B]
 `loss` runs on one device's examples; `update` on the whole global batch.
+`outputs` holds `proj` and optionally `pred` [V, b, D] for the V large views,
+and `proj_small`/`pred_small` [S, b, D] for multi-crop's small crops. `epoch`
+is a traced int32 scalar (0 is the initialization scan).
 """
 
 from coke_jax.objectives.coke import CoKe

@@ -73,7 +73,7 @@ class CoKe:
     return tuple(heads)
 
   def loss(self, heads: tuple[HeadState, ...], outputs: dict[str, jax.Array],
-           index: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+           index: jax.Array, epoch: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-example loss and metrics [b] on this device's examples, averaged over heads and views.
 
     `outputs['proj']` [V, b, D] and optionally `outputs['pred']` [V, b, D] are
@@ -106,13 +106,15 @@ class CoKe:
     return per_example, {"label_agreement": agreement}
 
   def update(self, heads: tuple[HeadState, ...], embeddings: jax.Array, index: jax.Array,
-             weight: jax.Array) -> tuple[tuple[HeadState, ...], dict[str, jax.Array]]:
+             weight: jax.Array, epoch: jax.Array
+             ) -> tuple[tuple[HeadState, ...], dict[str, jax.Array]]:
     """One step of Alg. 1 on the global batch: assign (Eq. 8/15), duals (Eq. 9), centers (Eq. 11).
 
     Args:
       embeddings: [V, B, D] unit-norm projections of the whole global batch.
       index: [B] example ids into the label tables.
       weight: [B] 1 for real examples, 0 for padding (not counted, not written).
+      epoch: the current epoch (0 is the scan), a traced scalar.
     """
     x = jnp.mean(embeddings.astype(jnp.float32), axis=0)  # Alg. 2's x_mean; Eq. 15
     b = jnp.sum(weight)
@@ -134,7 +136,7 @@ class CoKe:
       metrics[f"dual_max/k{k}_{h}"] = jnp.max(dual)
     return tuple(new_heads), metrics
 
-  def end_epoch(self, heads: tuple[HeadState, ...]
+  def end_epoch(self, heads: tuple[HeadState, ...], epoch: jax.Array
                 ) -> tuple[tuple[HeadState, ...], dict[str, Any]]:
     """The epoch's labels and centers become y^{t-1}, C^{t-1}; sums restart (Alg. 1)."""
     new_heads, metrics = [], {}
