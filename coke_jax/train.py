@@ -182,12 +182,13 @@ class Trainer:
     return create_train_state(self.config, self.model, self.objective, self.tx,
                               self.source.image_shape, self.mesh)
 
-  def embed(self, state: TrainState, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Eval-mode features and projections of un-augmented images, in batches."""
+  def embed(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
+    """Eval-mode `features`, `proj` (and `pred`) of the un-augmented `split`, plus its `label`."""
     outs = []
-    for chunk, real in input_pipeline.eval_batches(images, self.config.eval_batch_size):
-      out = self._embed(state.params, state.batch_stats, chunk)
-      outs.append({k: np.asarray(v)[:real] for k, v in out.items()})
+    for batch in input_pipeline.eval_batches(self.source, split, self.config.eval_batch_size):
+      out = jax.device_get(self._embed(state.params, state.batch_stats, batch["images"]))
+      out["label"] = batch["label"]
+      outs.append({k: np.asarray(v)[batch["weight"] > 0] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
   def step(self, state: TrainState, batch, epoch: int):
@@ -218,10 +219,9 @@ class Progress:
 
 def evaluate(trainer: Trainer, state: TrainState) -> dict[str, Any]:
   """Held-out clustering per head and kNN top-1 of the backbone features."""
-  return pretraining_eval.evaluate(trainer.embed(state, trainer.source.train_images),
-                                   trainer.embed(state, trainer.source.heldout_images),
-                                   trainer.source, trainer.objective, state.objective,
-                                   trainer.config)
+  return pretraining_eval.evaluate(trainer.embed(state, "train"),
+                                   trainer.embed(state, "heldout"), trainer.source.num_classes,
+                                   trainer.objective, state.objective, trainer.config)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

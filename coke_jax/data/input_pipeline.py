@@ -43,7 +43,9 @@ def train_batches(source, config, epoch: int, start_step: int = 0, process_index
   """Yields this host's part of each global batch of `epoch`, from `start_step` on.
 
   Each batch is a dict of numpy arrays: `images` [b, V, H, W, C] (V views),
-  `index` [b] int32 and `weight` [b] float32, with b = global_batch / process_count.
+  `index` [b] int32, `weight` [b] float32 and `label` [b] int32 (the class, for
+  evaluation code such as the linear probe; pretraining never reads it), with
+  b = global_batch / process_count.
   Host p gets columns [p b, (p + 1) b) of the global batch, so the global batch
   does not depend on the number of hosts.
   """
@@ -54,6 +56,7 @@ def train_batches(source, config, epoch: int, start_step: int = 0, process_index
   index, weight = index[start_step:, cols].reshape(-1), weight[start_step:, cols].reshape(-1)
 
   image_fn = source.train_image_fn()
+  label_table = tf.constant(source.train_labels)
   num_views, num_train, seed = config.num_views, source.num_train, config.seed
   aug_config = config.augment
 
@@ -61,7 +64,8 @@ def train_batches(source, config, epoch: int, start_step: int = 0, process_index
     image = image_fn(i)
     views = [augment.digits_view(image, augment.view_seed(seed, epoch, i, v, num_train),
                                  aug_config) for v in range(num_views)]
-    return {"images": tf.stack(views), "index": i, "weight": w}
+    return {"images": tf.stack(views), "index": i, "weight": w,
+            "label": tf.gather(label_table, i)}
 
   ds = tf.data.Dataset.from_tensor_slices((index, weight))
   ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -69,11 +73,19 @@ def train_batches(source, config, epoch: int, start_step: int = 0, process_index
   return ds.as_numpy_iterator()
 
 
-def eval_batches(images: np.ndarray, batch_size: int):
-  """Yields (batch [batch_size, ...], number of real rows): the last batch is zero-padded."""
+def eval_batches(source, split: str, batch_size: int, process_index: int = 0,
+                 process_count: int = 1):
+  """Yields this host's part of each batch of un-augmented `split` images ("train" or "heldout").
+
+  Dicts of numpy arrays: `images` [b, H, W, C], `label` [b] int32 and `weight`
+  [b] float32, b = batch_size / process_count; the last batch is padded with
+  weight-0 rows. Host p gets rows [p b, (p + 1) b) of each global batch.
+  """
+  images, labels = source.eval_arrays(split)
+  per_host = batch_size // process_count
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    real = len(chunk)
-    if real < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)])
-    yield chunk, real
+    rows = np.arange(start, start + batch_size)
+    weight = (rows < len(images)).astype(np.float32)
+    rows = np.minimum(rows, len(images) - 1)[process_index * per_host:(process_index + 1) * per_host]
+    yield {"images": images[rows], "label": labels[rows],
+           "weight": weight[process_index * per_host:(process_index + 1) * per_host]}

@@ -34,6 +34,14 @@ class InMemorySource(NamedTuple):
   def image_shape(self) -> tuple[int, ...]:
     return tuple(self.train_images.shape[1:])
 
+  def eval_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of "train" or "heldout", un-augmented."""
+    if split == "train":
+      return self.train_images, self.train_labels
+    if split == "heldout":
+      return self.heldout_images, self.heldout_labels
+    raise ValueError(f"split is {split!r}; use 'train' or 'heldout'.")
+
   def train_image_fn(self):
     """A TF function index -> image, closed over the train images."""
     table = tf.constant(self.train_images)
