@@ -33,6 +33,8 @@ def default_config() -> config_dict.ConfigDict:
   c.model.proj_layers = 2
   c.model.embed_dim = 128
   c.model.pred_hidden_dim = 0          # 0: no prediction head
+  c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
+  c.model.remat = False                # rematerialize backbone blocks (less memory, more compute)
 
   c.objective = config_dict.ConfigDict()
   c.objective.name = "coke"

@@ -1,28 +1,47 @@
 """Backbones and heads; `build_model` turns `config.model` into a Flax module."""
 
-from coke_jax.models.heads import SSLModel, MLPHead
+import jax.numpy as jnp
+
 from coke_jax.models import resnet
+from coke_jax.models import vit
+from coke_jax.models.heads import MLPHead, SSLModel
 from coke_jax.models.small_cnn import SmallCNN
 
-_BACKBONES = {"small_cnn": SmallCNN, "resnet18": resnet.resnet18, "resnet34": resnet.resnet34,
-              "resnet50": resnet.resnet50}
+BACKBONES = {
+    "small_cnn": SmallCNN,
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
+    "vit_s16": vit.vit_small16,
+}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(model_config, axis_name=None) -> SSLModel:
   """The backbone with its projection (and optional prediction) head.
 
   `axis_name` names the mesh axis over which BatchNorm averages its batch
-  statistics (synchronized BN); None outside a sharded step.
+  statistics (synchronized BN); None outside a sharded step. `model.dtype`
+  sets the compute dtype; parameters stay float32, and the embeddings the
+  clustering sees are cast to float32 (heads.SSLModel).
   """
   name = model_config.backbone
-  if name not in _BACKBONES:
-    raise ValueError(f"config.model.backbone is {name!r}; known backbones: {sorted(_BACKBONES)}.")
-  backbone = _BACKBONES[name](axis_name=axis_name, **dict(model_config.backbone_kwargs))
+  if name not in BACKBONES:
+    raise ValueError(f"config.model.backbone is {name!r}; known backbones: {sorted(BACKBONES)}.")
+  if model_config.dtype not in _DTYPES:
+    raise ValueError(f"config.model.dtype is {model_config.dtype!r}; use one of {sorted(_DTYPES)}.")
+  dtype = _DTYPES[model_config.dtype]
+  kwargs = dict(model_config.backbone_kwargs)
+  if model_config.remat:
+    if name == "small_cnn":
+      raise ValueError("config.model.remat is only supported for resnet* and vit_s16 backbones.")
+    kwargs["remat"] = True
+  backbone = BACKBONES[name](axis_name=axis_name, dtype=dtype, **kwargs)
   projector = MLPHead(hidden_dim=model_config.proj_hidden_dim, out_dim=model_config.embed_dim,
                       num_layers=model_config.proj_layers, bn_on_output=True,
-                      axis_name=axis_name)
+                      axis_name=axis_name, dtype=dtype)
   predictor = None
   if model_config.pred_hidden_dim:
     predictor = MLPHead(hidden_dim=model_config.pred_hidden_dim, out_dim=model_config.embed_dim,
-                        num_layers=2, bn_on_output=False, axis_name=axis_name)
+                        num_layers=2, bn_on_output=False, axis_name=axis_name, dtype=dtype)
   return SSLModel(backbone=backbone, projector=projector, predictor=predictor)

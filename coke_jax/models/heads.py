@@ -16,14 +16,16 @@ class MLPHead(nn.Module):
   num_layers: int = 2
   bn_on_output: bool = True
   axis_name: Optional[str] = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                axis_name=self.axis_name)
+                                axis_name=self.axis_name, dtype=self.dtype)
+    dense = lambda width: nn.Dense(width, dtype=self.dtype)
     for _ in range(self.num_layers - 1):
-      x = nn.relu(norm()(nn.Dense(self.hidden_dim)(x)))
-    x = nn.Dense(self.out_dim)(x)
+      x = nn.relu(norm()(dense(self.hidden_dim)(x)))
+    x = dense(self.out_dim)(x)
     return norm()(x) if self.bn_on_output else x
 
 

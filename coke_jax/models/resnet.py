@@ -13,10 +13,12 @@ class _Block(nn.Module):
   bottleneck: bool
   norm: callable
   zero_init_last_bn: bool
+  dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda w, k, s=1: nn.Conv(w, (k, k), strides=s, padding="SAME", use_bias=False)
+    conv = lambda w, k, s=1: nn.Conv(w, (k, k), strides=s, padding="SAME", use_bias=False,
+                                     dtype=self.dtype)
     last_norm = lambda: self.norm(scale_init=nn.initializers.zeros if self.zero_init_last_bn
                                   else nn.initializers.ones)
     out_width = self.width * (4 if self.bottleneck else 1)
@@ -39,6 +41,7 @@ class ResNet(nn.Module):
   cifar_stem: bool = False     # 3x3 stride-1 conv, no max-pool (for 32x32 inputs)
   zero_init_last_bn: bool = False
   width: int = 64
+  remat: bool = False          # recompute each block's activations in the backward pass
   axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
 
@@ -55,11 +58,13 @@ class ResNet(nn.Module):
                   dtype=self.dtype)(x)
       x = nn.relu(norm()(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    block_cls = nn.remat(_Block) if self.remat else _Block
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = _Block(self.width * 2**stage, stride, self.bottleneck, norm,
-                   self.zero_init_last_bn)(x)
+        # Explicit names keep checkpoints interchangeable with and without remat.
+        x = block_cls(self.width * 2**stage, stride, self.bottleneck, norm,
+                      self.zero_init_last_bn, self.dtype, name=f"stage{stage + 1}_block{block}")(x)
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 

@@ -13,15 +13,16 @@ class SmallCNN(nn.Module):
   """
   widths: Sequence[int] = (32, 64, 128)
   axis_name: Optional[str] = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = x.astype(jnp.float32)
+    x = x.astype(self.dtype)
     for stage, width in enumerate(self.widths):
       for layer in range(2):
         stride = 2 if stage > 0 and layer == 0 else 1
-        x = nn.Conv(width, (3, 3), strides=stride, use_bias=False)(x)
+        x = nn.Conv(width, (3, 3), strides=stride, use_bias=False, dtype=self.dtype)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         axis_name=self.axis_name)(x)
+                         axis_name=self.axis_name, dtype=self.dtype)(x)
         x = nn.relu(x)
-    return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
