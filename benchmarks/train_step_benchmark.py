@@ -1,0 +1,150 @@
+"""Times the CoKe train step: per backbone, against fixed targets, and against the label-table size.
+
+  python benchmarks/train_step_benchmark.py --backbones=small_cnn,resnet18 --batch_size=128
+
+Prints three tables:
+  1. per backbone at its resolution: compile time, median step time, images/s
+     (and the fraction of peak FLOP/s when --peak_tflops is given, e.g. 989 for
+     an H100 SXM at bf16);
+  2. the cost of the clustering itself: the CoKe step against the same step
+     whose objective keeps its targets fixed (no assignment, duals, centers or
+     label writes), at K = --clusters and D = 128;
+  3. the step with a label table of 10,000 against one of 10,000,000 examples
+     (the tables are donated and updated in place, so this should not matter).
+
+Batches are synthetic (random images and ids) and stay on the device: this
+measures the step, not the input pipeline (see input_pipeline_benchmark.py).
+"""
+
+import dataclasses
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coke_jax import models
+from coke_jax import objectives
+from coke_jax import sharding
+from coke_jax import train
+from configs import coke_two_view
+
+_BACKBONES = flags.DEFINE_list("backbones", ["small_cnn", "resnet18", "resnet50"],
+                               "Backbones for table 1.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after compilation).")
+_VIEWS = flags.DEFINE_integer("num_views", 2, "Views per example.")
+_CLUSTERS = flags.DEFINE_list("clusters", ["3000", "3000", "3000"], "K of each head.")
+_OVERHEAD_BACKBONE = flags.DEFINE_string("overhead_backbone", "resnet18",
+                                         "Backbone for tables 2 and 3.")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak FLOP/s of one device in TFLOP/s; 0: skip.")
+
+# Resolution and stem of each backbone in its config.
+_RESOLUTION = {"small_cnn": (8, 1, {}), "resnet18": (32, 3, {"cifar_stem": True}),
+               "resnet34": (32, 3, {"cifar_stem": True}), "resnet50": (224, 3, {}),
+               "vit_s16": (224, 3, {})}
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedTargets(objectives.CoKe):
+  """CoKe whose clustering update does nothing: the step's cost without the clustering."""
+
+  def update(self, heads, embeddings, index, weight, epoch):
+    return heads, {}
+
+
+def _config(backbone: str, num_clusters):
+  config = coke_two_view.get_config()
+  size, channels, kwargs = _RESOLUTION[backbone]
+  config.model.backbone = backbone
+  config.model.backbone_kwargs = kwargs
+  config.model.dtype = _DTYPE.value
+  if backbone == "small_cnn":
+    config.model.proj_hidden_dim, config.model.pred_hidden_dim = 256, 256
+  config.objective.num_clusters = tuple(num_clusters)
+  config.num_views = _VIEWS.value
+  config.global_batch_size = _BATCH.value
+  return config, (size, size, channels)
+
+
+def time_step(config, image_shape, num_examples: int, objective_cls=objectives.CoKe):
+  """(compile seconds, median step seconds, FLOPs per step) of the learning step."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_divides(config.global_batch_size, mesh)
+  model = models.build_model(config.model, axis_name=sharding.DATA_AXIS)
+  obj = objectives.build_objective(config, num_examples)
+  objective = objective_cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+  tx, _ = train.make_optimizer(config, steps_per_epoch=1000)
+  step = sharding.shard_step(
+      lambda s, b: train.train_step(s, b, model=model, objective=objective, tx=tx,
+                                    steps_per_epoch=1000, learn=True), mesh)
+  state = train.create_train_state(config, model, objective, tx, image_shape, mesh)
+  state = state.replace(step=jnp.asarray(1000, jnp.int32))  # a learning epoch
+  b = config.global_batch_size
+  rng = np.random.default_rng(0)
+  batch = sharding.global_batch_from_host({
+      "images": rng.uniform(size=(b, config.num_views, *image_shape)).astype(np.float32),
+      "index": rng.choice(num_examples, b, replace=False).astype(np.int32),
+      "weight": np.ones(b, np.float32)}, mesh)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return compile_s, statistics.median(times), flops
+
+
+def main(argv):
+  del argv
+  devices = jax.devices()
+  print(f"# {len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
+        f"batch {_BATCH.value}, {_VIEWS.value} views, {_DTYPE.value}, median of {_STEPS.value}")
+
+  print("\n| backbone | input | compile s | step ms | images/s | TFLOP/step |"
+        + (" % of peak |" if _PEAK.value else ""))
+  print("| --- | --- | --- | --- | --- | --- |" + (" --- |" if _PEAK.value else ""))
+  clusters = [int(k) for k in _CLUSTERS.value]
+  for backbone in _BACKBONES.value:
+    config, shape = _config(backbone, clusters)
+    compile_s, step_s, flops = time_step(config, shape, 1_281_167)
+    row = (f"| {backbone} | {shape[0]}x{shape[1]}x{shape[2]} | {compile_s:.1f} | "
+           f"{step_s * 1e3:.1f} | {_BATCH.value / step_s:,.0f} | {flops / 1e12:.3f} |")
+    if _PEAK.value:
+      # cost_analysis counts the per-device program; all devices run one each.
+      row += f" {100 * flops / step_s / (_PEAK.value * 1e12):.1f} |"
+    print(row, flush=True)
+
+  config, shape = _config(_OVERHEAD_BACKBONE.value, clusters)
+  print(f"\nClustering cost ({_OVERHEAD_BACKBONE.value}, K = {'+'.join(_CLUSTERS.value)}, "
+        f"D = {config.model.embed_dim}, N = 1,281,167)")
+  print("| step | step ms | vs fixed targets |")
+  print("| --- | --- | --- |")
+  _, fixed, _ = time_step(config, shape, 1_281_167, FixedTargets)
+  _, coke, _ = time_step(config, shape, 1_281_167)
+  print(f"| fixed targets | {fixed * 1e3:.1f} | |")
+  print(f"| CoKe | {coke * 1e3:.1f} | {100 * (coke / fixed - 1):+.1f}% |", flush=True)
+
+  print(f"\nLabel-table size ({_OVERHEAD_BACKBONE.value})")
+  print("| N (examples) | label tables MB | step ms |")
+  print("| --- | --- | --- |")
+  for n in (10_000, 10_000_000):
+    _, step_s, _ = time_step(config, shape, n)
+    table_mb = 2 * len(clusters) * n * 4 / 2**20
+    print(f"| {n:,} | {table_mb:,.0f} | {step_s * 1e3:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,46 @@
+"""LARS masking and the learning-rate schedule (supp. 2.1: LARS, warm-up, cosine)."""
+
+from absl.testing import absltest
+import jax.numpy as jnp
+import numpy as np
+
+from coke_jax import train
+from tests import testing
+
+
+class OptimizerTest(absltest.TestCase):
+
+  def test_lars_skips_biases_and_norm_parameters(self):
+    config = testing.smoke_config(**{"optimizer.name": "lars", "optimizer.learning_rate": 1.0,
+                                     "optimizer.weight_decay": 0.1, "optimizer.momentum": 0.0,
+                                     "optimizer.warmup_epochs": 0, "num_epochs": 1000})
+    tx, schedule = train.make_optimizer(config, steps_per_epoch=1)
+    params = {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.full((2,), 3.0),
+              "scale": jnp.full((2,), 3.0)}
+    grads = {"kernel": jnp.full((2, 2), 0.5), "bias": jnp.full((2,), 0.5),
+             "scale": jnp.full((2,), 0.5)}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    lr = float(schedule(0))
+    # 1-D parameters: plain gradient step, no weight decay, no trust ratio.
+    np.testing.assert_allclose(updates["bias"], -lr * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(updates["scale"], -lr * 0.5, rtol=1e-6)
+    # Kernels: (g + wd w) scaled by trust * ||w|| / ||g + wd w||.
+    g = 0.5 + 0.1 * 3.0
+    trust = 1e-3 * (3.0 * 2) / (g * 2)
+    np.testing.assert_allclose(updates["kernel"], -lr * trust * g, rtol=1e-5)
+
+  def test_schedule_warms_up_then_decays_to_zero(self):
+    config = testing.smoke_config(**{"optimizer.learning_rate": 0.4,
+                                     "optimizer.scale_by_batch": True, "global_batch_size": 512,
+                                     "optimizer.warmup_epochs": 2, "num_epochs": 10})
+    schedule = train.learning_rate_schedule(config, steps_per_epoch=100)
+    peak = 0.4 * 512 / 256
+    self.assertAlmostEqual(float(schedule(0)), 0.0)
+    self.assertAlmostEqual(float(schedule(100)), peak / 2, places=5)
+    self.assertAlmostEqual(float(schedule(200)), peak, places=5)
+    self.assertAlmostEqual(float(schedule(600)), peak / 2, places=5)  # cosine half-way
+    self.assertAlmostEqual(float(schedule(1000)), 0.0, places=6)
+
+
+if __name__ == "__main__":
+  absltest.main()
