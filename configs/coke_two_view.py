@@ -20,6 +20,7 @@ def get_config():
   c.model.proj_layers = 3                    # Sec. 4.2 / supp. 2.1: 3-layer projection
   c.model.embed_dim = 128                    # Table 7: #D = 128
   c.model.pred_hidden_dim = 2048             # supp. 2.1: 2-layer prediction MLP
+  c.model.dtype = "bfloat16"                 # mixed precision (the paper's CoKe+ used AMP, Table 6)
 
   c.objective.num_clusters = (3000, 4000, 5000)  # Table 4: 3k+4k+5k
   c.objective.temperature = 0.05             # supp. 2.1: 0.05 for two/multi-view
