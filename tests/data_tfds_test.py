@@ -54,7 +54,8 @@ def _register(parent: str, name: str, splits: dict[str, int], example_fn):
 
 _FakeCifar100 = _register(
     "cifar100", "coke_fake_cifar100", {"train": 45, "test": 11},
-    lambda split, k: {"id": f"{split}_{k:05d}", "image": _color(k + (1000 if split == "test" else 0)),
+    lambda split, k: {"id": f"{split}_{k:05d}",
+                      "image": _color(k + (1000 if split == "test" else 0)),
                       "label": k % 100, "coarse_label": k % 20})
 _FakeStl10 = _register(
     "stl10", "coke_fake_stl10", {"train": 6, "test": 4, "unlabeled": 9},
