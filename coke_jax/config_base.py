@@ -12,19 +12,50 @@ def default_config() -> config_dict.ConfigDict:
   c.seed = 0
 
   c.dataset = config_dict.ConfigDict()
-  c.dataset.name = "digits"            # digits | imagenet2012 | cifar10 | cifar100 | stl10
-  c.dataset.data_dir = ""              # TFDS data_dir; "" means TFDS's default (~/tensorflow_datasets)
+  c.dataset.name = "digits"            # digits | imagenet2012 | cifar10 | cifar100 | stl10 | image_folder
+  c.dataset.data_dir = ""              # TFDS data_dir ("" = ~/tensorflow_datasets), or the image folder
+  c.dataset.heldout_dir = ""           # image_folder: the held-out images for evaluation
+  # TFDS splits and label; None takes the dataset's own (see sources.TFDS_DATASETS), e.g.
+  # stl10 pretrains on train+unlabeled, cifar100 evaluates its 20 superclasses (supp. Sec. 2.4).
+  c.dataset.train_split = config_dict.placeholder(str)
+  c.dataset.eval_train_split = config_dict.placeholder(str)  # labeled images for kNN
+  c.dataset.heldout_split = config_dict.placeholder(str)
+  c.dataset.label_key = config_dict.placeholder(str)
+  # Side of the large views and of evaluation crops; None: ImageNet/folders 224, CIFAR 32, STL-10 96.
+  c.dataset.image_size = config_dict.placeholder(int)
+  # Evaluation: central crop of this fraction of the shorter side; None: 0.875 (256 -> 224)
+  # for ImageNet and folders, 1.0 for CIFAR and STL-10.
+  c.dataset.eval_crop_fraction = config_dict.placeholder(float)
+  c.dataset.shuffle_buffer = 50_000    # TFDS: records (still encoded) in the shuffle buffer
   c.dataset.holdout_fraction = 0.2     # digits: share of images held out for evaluation
   c.dataset.split_seed = 0             # digits: fixed, independent of `seed`
 
   c.num_views = 2                      # views per example for the loss and assignment (Eq. 15)
+  c.num_small_views = 0                # multi-crop: small views per example (supp. 2.1: 6 x 96)
   c.augment = config_dict.ConfigDict()
+  # digits (8x8 arrays): affine jitter, cutout, noise.
   c.augment.max_rotation_deg = 15.0
   c.augment.scale_range = (0.9, 1.1)
   c.augment.max_shift = 1.0            # pixels
   c.augment.erase_prob = 0.0
   c.augment.erase_size = 3
   c.augment.noise_std = 0.0
+  # Natural images: the asymmetric two-view recipe of the official CoKe code
+  # (main_double_view.py). Per-view tuples: view v takes entry v, later views the last one.
+  c.augment.crop_scale = (0.08, 1.0)   # random resized crop area; CIFAR: (0.3, 1.0) (supp. 2.4)
+  c.augment.crop_ratio = (3 / 4, 4 / 3)
+  c.augment.jitter = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+  c.augment.jitter_prob = 0.8
+  c.augment.grayscale_prob = 0.2
+  c.augment.blur_prob = (1.0, 0.1)
+  c.augment.blur_sigma = (0.1, 2.0)    # pixels
+  c.augment.solarize_prob = (0.0, 0.2)
+  c.augment.flip_prob = 0.5
+  # Small views of multi-crop (official main_multi_view.py).
+  c.augment.small_image_size = 96
+  c.augment.small_crop_scale = (0.05, 0.6)
+  c.augment.small_jitter = (0.8, 0.8, 0.8, 0.2)
+  c.augment.small_blur_prob = 0.5
 
   c.model = config_dict.ConfigDict()
   c.model.backbone = "small_cnn"

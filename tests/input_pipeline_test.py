@@ -55,6 +55,35 @@ class TrainBatchesTest(absltest.TestCase):
         np.testing.assert_array_equal(
             batch[key], np.concatenate([parts[0][step][key], parts[1][step][key]]))
 
+  def test_clear_errors(self):
+    with self.assertRaisesRegex(ValueError, "16 does not divide over 3 processes"):
+      _epoch(self.source, self.config, 0, process_count=3)
+    config = testing.smoke_config(global_batch_size=16, num_small_views=2)
+    with self.assertRaisesRegex(ValueError, "multi-crop needs natural images"):
+      _epoch(self.source, config, 0)
+
+
+class EvalBatchesTest(absltest.TestCase):
+
+  def test_padding_and_hosts(self):
+    source = testing.random_source(num_train=50, num_heldout=13)
+    whole = list(input_pipeline.eval_batches(source, "heldout", 8))
+    self.assertLen(whole, 2)
+    weight = np.concatenate([b["weight"] for b in whole])
+    np.testing.assert_array_equal(weight, [1] * 13 + [0] * 3)
+    np.testing.assert_array_equal(np.concatenate([b["images"] for b in whole])[:13],
+                                  source.heldout_images)
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in whole])[:13],
+                                  source.heldout_labels)
+    # Two hosts: contiguous shares of 6 and 7, each in 2 batches of 4.
+    parts = [list(input_pipeline.eval_batches(source, "heldout", 8, p, 2)) for p in range(2)]
+    images = []
+    for part in parts:
+      self.assertLen(part, 2)
+      w = np.concatenate([b["weight"] for b in part])
+      images.append(np.concatenate([b["images"] for b in part])[w > 0])
+    np.testing.assert_array_equal(np.concatenate(images), source.heldout_images)
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -5,6 +5,8 @@ augmentations a run sees do not depend on pipeline position, parallelism or
 restarts.
 """
 
+import dataclasses
+import functools
 import math
 
 import tensorflow as tf
@@ -68,3 +70,210 @@ def digits_view(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
   if config.noise_std > 0:
     image = add_noise(image, s_noise, config.noise_std)
   return image
+
+
+# ---------------------------------------------------------------------------
+# Natural images (ImageNet, CIFAR, STL-10, image folders).
+#
+# The recipes follow the official CoKe code (torchvision semantics): random
+# resized crop, color jitter in random order with probability 0.8, grayscale
+# 0.2, Gaussian blur, solarize, horizontal flip. Views take and return float32
+# images in [0, 1]; normalization happens after the views are stacked.
+# ---------------------------------------------------------------------------
+
+# Per-channel statistics of ImageNet, used by the official code for every view.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+  """How to draw one augmented view of a natural image (all probabilities in [0, 1])."""
+  size: int                                   # output side in pixels
+  crop_scale: tuple[float, float]             # area fraction of the crop
+  crop_ratio: tuple[float, float]             # aspect ratio w / h of the crop
+  jitter: tuple[float, float, float, float]   # brightness, contrast, saturation, hue
+  jitter_prob: float
+  grayscale_prob: float
+  blur_prob: float
+  blur_sigma: tuple[float, float]             # pixels of the output view
+  solarize_prob: float
+  flip_prob: float
+
+
+def _per_view(values, view: int):
+  """Entry `view` of a per-view tuple; views past its end take the last entry."""
+  values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+  return values[min(view, len(values) - 1)]
+
+
+def view_specs(aug_config, num_views: int, num_small_views: int,
+               image_size: int) -> tuple[list[ViewSpec], list[ViewSpec]]:
+  """(large, small) view recipes from `config.augment`.
+
+  Large views differ only in their blur and solarize probabilities (the
+  asymmetric pair of the official two-view code: blur 1.0 / 0.1, solarize
+  0.0 / 0.2); small (multi-crop) views share one recipe.
+  """
+  a = aug_config
+  large = [ViewSpec(size=image_size, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio),
+                    jitter=tuple(a.jitter), jitter_prob=a.jitter_prob,
+                    grayscale_prob=a.grayscale_prob, blur_prob=_per_view(a.blur_prob, v),
+                    blur_sigma=tuple(a.blur_sigma), solarize_prob=_per_view(a.solarize_prob, v),
+                    flip_prob=a.flip_prob)
+           for v in range(num_views)]
+  small = [ViewSpec(size=a.small_image_size, crop_scale=tuple(a.small_crop_scale),
+                    crop_ratio=tuple(a.crop_ratio), jitter=tuple(a.small_jitter),
+                    jitter_prob=a.jitter_prob, grayscale_prob=a.grayscale_prob,
+                    blur_prob=a.small_blur_prob, blur_sigma=tuple(a.blur_sigma),
+                    solarize_prob=0.0, flip_prob=a.flip_prob)] * num_small_views
+  return large, small
+
+
+def random_resized_crop_window(seed: tf.Tensor, height, width, scale: tuple[float, float],
+                               ratio: tuple[float, float], attempts: int = 10):
+  """(top, left, h, w) of a crop as torchvision's RandomResizedCrop draws it.
+
+  Up to `attempts` draws of an area fraction in `scale` and a log-uniform
+  aspect ratio in `ratio`; the first that fits wins. If none fits, the
+  largest centered crop whose aspect ratio is clamped to `ratio`.
+  """
+  s_area, s_ratio, s_top, s_left = _split(seed, 4)
+  height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  area = height_f * width_f * tf.random.stateless_uniform([attempts], s_area, scale[0], scale[1])
+  aspect = tf.exp(tf.random.stateless_uniform([attempts], s_ratio, math.log(ratio[0]),
+                                              math.log(ratio[1])))
+  w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
+  h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+  fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  found = tf.reduce_any(fits)
+
+  in_ratio = width_f / height_f
+  fallback_w = tf.where(in_ratio > ratio[1], tf.cast(tf.round(height_f * ratio[1]), tf.int32),
+                        width)
+  fallback_h = tf.where(in_ratio < ratio[0], tf.cast(tf.round(width_f / ratio[0]), tf.int32),
+                        height)
+  h = tf.where(found, h[first], fallback_h)
+  w = tf.where(found, w[first], fallback_w)
+  u_top = tf.random.stateless_uniform([attempts], s_top)[first]
+  u_left = tf.random.stateless_uniform([attempts], s_left)[first]
+  # torchvision: randint(0, height - h + 1), i.e. uniform over the valid offsets.
+  top = tf.where(found, tf.cast(u_top * tf.cast(height - h + 1, tf.float32), tf.int32),
+                 (height - h) // 2)
+  left = tf.where(found, tf.cast(u_left * tf.cast(width - w + 1, tf.float32), tf.int32),
+                  (width - w) // 2)
+  return tf.minimum(top, height - h), tf.minimum(left, width - w), h, w
+
+
+def resize(image: tf.Tensor, size) -> tf.Tensor:
+  """Bilinear resize with antialiasing (PIL's behaviour when shrinking), to float32 in [0, 1]."""
+  image = tf.image.resize(image, size, method="bilinear", antialias=True)
+  return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+
+
+def _blend(image, other, factor):
+  return tf.clip_by_value(factor * image + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def _uniform(seed, low, high):
+  return tf.random.stateless_uniform([], seed, low, high)
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor,
+                 strength: tuple[float, float, float, float]) -> tf.Tensor:
+  """torchvision's ColorJitter: brightness, contrast, saturation, hue in a random order.
+
+  Brightness, contrast and saturation factors are uniform in [1 - s, 1 + s]
+  (brightness scales, contrast blends with the mean gray level, saturation
+  with the grayscale image); the hue shift is uniform in [-h, h] turns.
+  """
+  brightness, contrast, saturation, hue = strength
+  s_order, s_b, s_c, s_s, s_h = _split(seed, 5)
+  f_b = _uniform(s_b, max(0.0, 1 - brightness), 1 + brightness)
+  f_c = _uniform(s_c, max(0.0, 1 - contrast), 1 + contrast)
+  f_s = _uniform(s_s, max(0.0, 1 - saturation), 1 + saturation)
+  d_h = _uniform(s_h, -hue, hue)
+  ops = [lambda x: tf.clip_by_value(x * f_b, 0.0, 1.0),
+         lambda x: _blend(x, tf.reduce_mean(tf.image.rgb_to_grayscale(x)), f_c),
+         lambda x: _blend(x, tf.image.rgb_to_grayscale(x), f_s),
+         lambda x: tf.clip_by_value(tf.image.adjust_hue(x, d_h), 0.0, 1.0)]
+  order = tf.argsort(tf.random.stateless_uniform([4], s_order))
+  for i in range(4):
+    image = tf.switch_case(order[i], [functools.partial(op, image) for op in ops])
+  return image
+
+
+def gaussian_blur(image: tf.Tensor, seed: tf.Tensor, sigma_range: tuple[float, float]) -> tf.Tensor:
+  """Separable Gaussian blur with sigma uniform in `sigma_range` (PIL's GaussianBlur radius)."""
+  sigma = _uniform(seed, sigma_range[0], sigma_range[1])
+  # 3 sigma each side; tiny views keep the kernel below their side (mirror padding needs it).
+  radius = max(1, min(math.ceil(3 * sigma_range[1]), image.shape[0] - 1, image.shape[1] - 1))
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-x ** 2 / (2 * sigma ** 2))
+  kernel /= tf.reduce_sum(kernel)
+  channels = image.shape[-1]
+  padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+                  mode="REFLECT")
+  vertical = tf.tile(kernel[:, None, None, None], [1, 1, channels, 1])
+  horizontal = tf.tile(kernel[None, :, None, None], [1, 1, channels, 1])
+  out = tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], "VALID")
+  return tf.nn.depthwise_conv2d(out, horizontal, [1, 1, 1, 1], "VALID")[0]
+
+
+def solarize(image: tf.Tensor) -> tf.Tensor:
+  """PIL's ImageOps.solarize at its default threshold 128: invert the bright pixels."""
+  return tf.where(image >= 128 / 255, 1.0 - image, image)
+
+
+def _maybe(seed, prob: float, fn, image):
+  if prob <= 0:
+    return image
+  if prob >= 1:
+    return fn(image)
+  return tf.cond(tf.random.stateless_uniform([], seed) < prob, lambda: fn(image), lambda: image)
+
+
+def natural_view(image: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+  """One augmented view [size, size, 3] float32 in [0, 1] of a uint8 [H, W, 3] image.
+
+  The order of the official code: crop, jitter, grayscale, blur, solarize, flip.
+  """
+  s_crop, s_jit_apply, s_jit, s_gray, s_blur_apply, s_blur, s_sol, s_flip = _split(seed, 8)
+  shape = tf.shape(image)
+  top, left, h, w = random_resized_crop_window(s_crop, shape[0], shape[1], spec.crop_scale,
+                                               spec.crop_ratio)
+  view = resize(tf.slice(image, [top, left, 0], [h, w, 3]), [spec.size, spec.size])
+  view.set_shape([spec.size, spec.size, 3])
+  view = _maybe(s_jit_apply, spec.jitter_prob, lambda x: color_jitter(x, s_jit, spec.jitter), view)
+  view = _maybe(s_gray, spec.grayscale_prob,
+                lambda x: tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]), view)
+  view = _maybe(s_blur_apply, spec.blur_prob, lambda x: gaussian_blur(x, s_blur, spec.blur_sigma),
+                view)
+  view = _maybe(s_sol, spec.solarize_prob, solarize, view)
+  return _maybe(s_flip, spec.flip_prob, lambda x: x[:, ::-1], view)
+
+
+def center_view(image: tf.Tensor, size: int, crop_fraction: float) -> tf.Tensor:
+  """The evaluation transform: the central crop_fraction of the shorter side, resized to size.
+
+  Equals torchvision's Resize(size / crop_fraction) + CenterCrop(size) up to
+  rounding (ImageNet: 224 of 256, crop_fraction 0.875).
+  """
+  shape = tf.shape(image)
+  side = tf.cast(tf.round(tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * crop_fraction),
+                 tf.int32)
+  side = tf.maximum(side, 1)
+  top, left = (shape[0] - side + 1) // 2, (shape[1] - side + 1) // 2
+  view = resize(tf.slice(image, [top, left, 0], [side, side, 3]), [size, size])
+  view.set_shape([size, size, 3])
+  return view
+
+
+def normalize(images: tf.Tensor) -> tf.Tensor:
+  return (images - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+
+
+def decode(encoded: tf.Tensor) -> tf.Tensor:
+  """JPEG, PNG, GIF (first frame) or BMP bytes -> uint8 [H, W, 3]; raises on bad data."""
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
