@@ -116,14 +116,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, objecti
     for key, suffix in (("images", ""), ("small_images", "_small")):
       if key not in batch:
         continue
-      outs = []
-      for v in range(batch[key].shape[1]):  # views go through the network separately (own BN batch)
-        out, mutated = model.apply({"params": params, "batch_stats": batch_stats},
-                                   batch[key][:, v], train=True, mutable=["batch_stats"])
-        batch_stats = mutated["batch_stats"]
-        outs.append(out)
-      outputs.update({k + suffix: jnp.stack([o[k] for o in outs])
-                      for k in ("proj", "pred") if k in outs[0]})
+
+      def one_view(batch_stats, images):
+        out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                   train=True, mutable=["batch_stats"])
+        return mutated["batch_stats"], {k: out[k] for k in ("proj", "pred") if k in out}
+
+      # Each view is its own BatchNorm batch (as separate forward passes in the official
+      # code); scanning over views compiles the network once for all of them.
+      batch_stats, outs = jax.lax.scan(one_view, batch_stats, jnp.moveaxis(batch[key], 1, 0))
+      outputs.update({k + suffix: v for k, v in outs.items()})
     per_example, aux = objective.loss(state.objective, outputs, index, epoch)
     loss = sharding.total(jnp.sum(per_example * weight)) / num_real
     aux = {k: sharding.total(jnp.sum(v * weight)) / num_real for k, v in aux.items()}

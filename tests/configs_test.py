@@ -11,15 +11,68 @@ import jax
 import jax.numpy as jnp
 
 from coke_jax import models
+from coke_jax import sharding
 from coke_jax import train
+from coke_jax.data import input_pipeline
 from coke_jax.data import sources
+from tests import fake_tfds
 
 _CONFIGS = sorted(os.path.basename(p)[:-3]
                   for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
                   if not p.endswith("__init__.py"))
 
 
+_FAKE = {"cifar10": "coke_fake_cifar10", "cifar100": "coke_fake_cifar100",
+         "imagenet2012": "coke_fake_imagenet"}
+
+
+def _shrunk(config, data_dir):
+  """The config at toy sizes, on the fake TFDS datasets; the backbone is kept."""
+  if config.dataset.name in _FAKE:
+    config.dataset.name = _FAKE[config.dataset.name]
+    config.dataset.data_dir = data_dir
+    config.dataset.image_size = 32
+    config.dataset.shuffle_buffer = 16
+    config.augment.small_image_size = 16
+  config.global_batch_size = 8
+  config.model.proj_hidden_dim = 32
+  config.model.pred_hidden_dim = 32 if config.model.pred_hidden_dim else 0
+  config.objective.num_clusters = tuple(range(2, 2 + len(config.objective.num_clusters)))
+  config.num_epochs = 2
+  return config
+
+
 class ConfigsTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.fake_data = fake_tfds.prepared(
+        (fake_tfds.FakeCifar10, fake_tfds.FakeCifar100, fake_tfds.FakeImagenet))
+    cls.data_dir = cls.fake_data.__enter__()
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.fake_data.__exit__(None, None, None)
+    super().tearDownClass()
+
+  @parameterized.parameters(*_CONFIGS)
+  def test_one_learning_step_on_fake_data(self, name):
+    config = _shrunk(importlib.import_module(f"configs.{name}").get_config(), self.data_dir)
+    mesh = sharding.make_mesh(jax.devices()[:1])  # train_step_test covers 8 devices
+    source = sources.get_source(config.dataset)
+    trainer = train.Trainer(config, source, mesh)
+    state = trainer.init_state()
+    spe = trainer.steps_per_epoch
+    state = state.replace(step=state.step + spe)  # the first step of epoch 1 (learning)
+    host_batch = next(input_pipeline.train_batches(source, config, epoch=1))
+    self.assertEqual(host_batch["images"].shape[1], config.num_views)
+    if config.num_small_views:
+      self.assertEqual(host_batch["small_images"].shape[1], config.num_small_views)
+    state, metrics = trainer.step(state, sharding.global_batch_from_host(host_batch, mesh), 1)
+    self.assertEqual(int(state.step), spe + 1)
+    self.assertTrue(jax.numpy.isfinite(metrics["loss"]))
+    self.assertGreater(float(metrics["grad_norm"]), 0.0)
 
   @parameterized.parameters(*_CONFIGS)
   def test_builds_with_known_keys(self, name):

@@ -1,17 +1,8 @@
 """TFDS sources: ids, per-epoch order, host shares, resume, splits and labels.
 
-`tfds.testing.mock_data` replaces the reading of files with generated
-examples, which would bypass exactly what needs testing here (which record
-gets which id, file pieces per host, skipping to a step). So the tests write
-small datasets with TFDS's own writer: subclasses of the registered cifar100,
-stl10 and imagenet2012 builders (their real features and splits) whose
-examples are made up, prepared into a temporary data_dir with several shards.
-Nothing touches the network.
+The datasets are small fakes written with TFDS's own writer (tests/fake_tfds.py,
+which says why not `tfds.testing.mock_data`). Nothing touches the network.
 """
-
-import shutil
-import tempfile
-from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -21,55 +12,9 @@ import tensorflow_datasets as tfds
 from coke_jax.data import augment
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
+from tests import fake_tfds
 from tests import testing
 
-
-def _color(key: int) -> np.ndarray:
-  """A constant 32x32 image whose red and green levels spell `key` (PNG keeps it exact)."""
-  return np.broadcast_to(np.array([key % 256, key // 256, 7], np.uint8), (32, 32, 3)).copy()
-
-
-def _key(image_normalized: np.ndarray) -> int:
-  rgb = np.round((image_normalized.reshape(-1, 3).mean(0) * augment.IMAGENET_STD
-                  + augment.IMAGENET_MEAN) * 255)
-  return int(rgb[0] + 256 * rgb[1])
-
-
-def _register(parent: str, name: str, splits: dict[str, int], example_fn):
-  """A TFDS builder with `parent`'s features whose splits hold made-up examples."""
-
-  def split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._fake_examples(split, n) for split, n in splits.items()}
-
-  def fake_examples(self, split, n):
-    del self
-    for k in range(n):
-      yield f"{split}{k}", example_fn(split, k)
-
-  return type(name, (tfds.builder_cls(parent),),
-              {"name": name, "_split_generators": split_generators,
-               "_fake_examples": fake_examples})
-
-
-_FakeCifar100 = _register(
-    "cifar100", "coke_fake_cifar100", {"train": 45, "test": 11},
-    lambda split, k: {"id": f"{split}_{k:05d}",
-                      "image": _color(k + (1000 if split == "test" else 0)),
-                      "label": k % 100, "coarse_label": k % 20})
-_FakeStl10 = _register(
-    "stl10", "coke_fake_stl10", {"train": 6, "test": 4, "unlabeled": 9},
-    lambda split, k: {"image": np.full((96, 96, 3), k, np.uint8),
-                      "label": -1 if split == "unlabeled" else k % 10})
-_FakeImagenet = _register(
-    "imagenet2012", "coke_fake_imagenet", {"train": 10, "validation": 5},
-    lambda split, k: {"file_name": f"{split}_{k}.JPEG", "label": k % 1000,
-                      "image": np.random.default_rng(k).integers(
-                          0, 255, (60 + 7 * k, 90 - 3 * k, 3), dtype=np.uint8)})
-
-_SPECS = {"coke_fake_cifar100": sources.TFDS_DATASETS["cifar100"],
-          "coke_fake_stl10": sources.TFDS_DATASETS["stl10"],
-          "coke_fake_imagenet": sources.TFDS_DATASETS["imagenet2012"]}
 
 # Views that leave a constant image constant, so its color still names the example.
 _IDENTITY_AUGMENT = {"augment.crop_scale": (1.0, 1.0), "augment.crop_ratio": (1.0, 1.0),
@@ -83,17 +28,13 @@ class TFDSSourceTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = tempfile.mkdtemp()
-    for builder_cls in (_FakeCifar100, _FakeStl10, _FakeImagenet):
-      builder_cls(data_dir=cls.data_dir).download_and_prepare(
-          download_config=tfds.download.DownloadConfig(num_shards=4))
-    cls.known_datasets = mock.patch.dict(sources.TFDS_DATASETS, _SPECS)
-    cls.known_datasets.start()
+    cls.fake_data = fake_tfds.prepared(
+        (fake_tfds.FakeCifar100, fake_tfds.FakeStl10, fake_tfds.FakeImagenet))
+    cls.data_dir = cls.fake_data.__enter__()
 
   @classmethod
   def tearDownClass(cls):
-    cls.known_datasets.stop()
-    shutil.rmtree(cls.data_dir)
+    cls.fake_data.__exit__(None, None, None)
     super().tearDownClass()
 
   def _config(self, name="coke_fake_cifar100", **overrides):
@@ -129,7 +70,8 @@ class TFDSSourceTest(absltest.TestCase):
       for p in range(process_count):
         for batch in self._epoch(config, epoch, process_index=p, process_count=process_count):
           for row in range(len(batch["index"])):
-            self.assertEqual(_key(batch["images"][row, 0]), reference[batch["index"][row]])
+            self.assertEqual(fake_tfds.key_of(batch["images"][row, 0]),
+                             reference[batch["index"][row]])
             self.assertEqual(batch["label"][row], reference[batch["index"][row]] % 20)
 
   def test_every_example_once_per_epoch_on_uneven_hosts(self):
