@@ -234,7 +234,8 @@ def evaluate(trainer: Trainer, state: TrainState) -> dict[str, Any]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_at_step: Optional[int] = None) -> TrainState:
+                       stop_at_step: Optional[int] = None,
+                       mesh: Optional[jax.sharding.Mesh] = None) -> TrainState:
   """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates.
 
   Writes TensorBoard summaries and checkpoints under `workdir` and the final
@@ -242,9 +243,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `stop_at_step`, stops there with a checkpoint and without evaluating (a
   later call resumes). On SIGTERM, saves at a step all processes agree on and
   raises `checkpointing.Preempted`; on a NaN or inf, raises FloatingPointError
-  without saving.
+  without saving. `mesh` defaults to all devices of all processes.
   """
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_divides(config.global_batch_size, mesh, jax.process_count())
   sharding.check_batch_divides(config.eval_batch_size, mesh, jax.process_count(),
                                name="eval_batch_size")
