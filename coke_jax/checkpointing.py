@@ -4,10 +4,10 @@ Each checkpoint holds the state (params, BN statistics, optimizer state, the
 clustering state, step and RNG), a JSON `meta` item with the settings that fix
 the state's shapes and meaning, and a JSON `monitor` item with the run's
 diagnostics (`monitor.CollapseMonitor`). Restoring into a run whose settings
-differ fails with a message naming the differences instead of loading or
-overwriting. The state is restored into the shardings of the running job, so a
-checkpoint written on 8 devices resumes on 1 or 4 (the state is replicated;
-only its placement changes).
+differ fails (when the Checkpointer is made) with a message naming the
+differences instead of loading or overwriting. The state is restored into the
+shardings of the running job, so a checkpoint written on 8 devices resumes on
+1 or 4 (the state is replicated; only its placement changes).
 
 Preemption: TPU and SLURM send SIGTERM before they stop a job. `PreemptionWatch`
 tells the trainer the step at which every process stops; it then saves and
@@ -71,6 +71,20 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
         item_names=("state", "meta", "monitor"))
+    self._check_compatible()  # at once, before anything is compiled, loaded or saved
+
+  def _check_compatible(self):
+    step = self.manager.latest_step()
+    if step is None:
+      return
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if meta != self.meta:
+      diffs = [f"{k}: checkpoint {meta.get(k)!r} vs config {v!r}"
+               for k, v in self.meta.items() if meta.get(k) != v]
+      raise IncompatibleCheckpointError(
+          f"{self.directory} holds a checkpoint (step {step}) from a run with other settings "
+          f"({'; '.join(diffs)}). It was neither loaded nor overwritten. Use another --workdir, "
+          "or restore the original settings to resume it.")
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -84,14 +98,6 @@ class Checkpointer:
     step = self.manager.latest_step()
     if step is None:
       return state if monitor is None else (state, monitor)
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if meta != self.meta:
-      diffs = [f"{k}: checkpoint {meta.get(k)!r} vs config {v!r}"
-               for k, v in self.meta.items() if meta.get(k) != v]
-      raise IncompatibleCheckpointError(
-          f"{self.directory} holds a checkpoint (step {step}) from a run with other settings "
-          f"({'; '.join(diffs)}). It was neither loaded nor overwritten. Use another --workdir, "
-          "or restore the original settings to resume it.")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]

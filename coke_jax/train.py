@@ -250,10 +250,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sharding.check_batch_divides(config.eval_batch_size, mesh, jax.process_count(),
                                name="eval_batch_size")
   source = sources.get_source(config.dataset)
+  ckpt = checkpointing.Checkpointer(workdir, config, source.num_train)
   trainer = Trainer(config, source, mesh)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-  ckpt = checkpointing.Checkpointer(workdir, config, source.num_train)
   state, monitor_state = ckpt.restore_or(trainer.init_state(), monitor={})
   collapse = monitor.CollapseMonitor(config.collapse, monitor_state)
   nonfinite = monitor.NonFiniteCheck(mesh)

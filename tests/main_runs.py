@@ -46,7 +46,8 @@ class MainRun:
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     if cache_dir:
-      env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     self.log_path = log_path
     with open(log_path, "w") as log:
@@ -103,7 +104,7 @@ def scalars(workdir: str, tag: str) -> dict[int, list[float]]:
 
 
 def assert_trees_equal(a, b):
-  """Bit-identical pytrees (params, label tables, centers, duals, ...), naming the first leaf that differs."""
+  """Bit-identical pytrees (params, label tables, centers, duals, ...); names a leaf that differs."""
   a, b = jax.device_get(a), jax.device_get(b)
   assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
