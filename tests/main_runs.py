@@ -104,7 +104,7 @@ def scalars(workdir: str, tag: str) -> dict[int, list[float]]:
 
 
 def assert_trees_equal(a, b):
-  """Bit-identical pytrees (params, label tables, centers, duals, ...); names a leaf that differs."""
+  """Bit-identical pytrees (params, labels, centers, duals, ...); names the leaf that differs."""
   a, b = jax.device_get(a), jax.device_get(b)
   assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
