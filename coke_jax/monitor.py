@@ -1,6 +1,6 @@
 """Watching a run for what must stop it (NaN/inf) or deserves a warning (a collapsing clustering).
 
-`NonFiniteCheck` keeps, on the device, the first step whose metrics held a NaN
+`NonFiniteCheck` keeps, on a device, the first step whose metrics held a NaN
 or inf; the trainer reads it (one host sync) only at log steps and before each
 save, together with a finiteness check of the whole state, so a bad state is
 never checkpointed and the loop never waits on the device for this.
@@ -37,24 +37,30 @@ def _note_first_nonfinite(first_bad, step, metrics):
 
 
 class NonFiniteCheck:
-  """The first step with a NaN or inf metric (loss, gradient norm, duals), kept on the device."""
+  """The first step with a NaN or inf metric (loss, gradient norm, duals), kept on a device."""
 
   def __init__(self, mesh):
-    replicated = sharding.replicated(mesh)
-    self._first_bad = jax.device_put(np.int32(-1), replicated)  # -1: none so far
-    self._note = jax.jit(_note_first_nonfinite, out_shardings=replicated)
-    self._state_finite = jax.jit(_all_finite, out_shardings=replicated)
+    self._first_bad = None  # int32 on this process's first device; -1: none so far
+    self._note = jax.jit(_note_first_nonfinite)
+    self._state_finite = jax.jit(_all_finite, out_shardings=sharding.replicated(mesh))
 
   def note(self, step: int, metrics):
-    """Records `metrics` of step `step` (the step count after it); does not wait for them."""
-    self._first_bad = self._note(self._first_bad, np.int32(step), metrics)
+    """Records `metrics` of step `step` (the step count after it); does not wait for them.
+
+    The metrics are replicated, so one device's copy is enough: a one-device
+    computation costs far less to launch than one over the whole mesh.
+    """
+    local = jax.tree_util.tree_map(lambda x: x.addressable_data(0), metrics)
+    if self._first_bad is None:
+      self._first_bad = jax.device_put(np.int32(-1), jax.tree_util.tree_leaves(local)[0].device)
+    self._first_bad = self._note(self._first_bad, np.int32(step), local)
 
   def check(self, step: int, checkpoints, state=None):
     """Raises FloatingPointError if a noted metric, or (if given) the state, is not finite.
 
     checkpoints: the run's `checkpointing.Checkpointer`, named in the message.
     """
-    first_bad = int(jax.device_get(self._first_bad))
+    first_bad = -1 if self._first_bad is None else int(jax.device_get(self._first_bad))
     if first_bad < 0 and (state is None or bool(jax.device_get(self._state_finite(state)))):
       return
     where = (f"in the metrics (loss, gradient norm or duals) of step {first_bad}"
