@@ -30,8 +30,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, Tens
                                "summaries and final_metrics.json (shared by all hosts: a GCS "
                                "bucket or a shared filesystem).")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for jax.distributed. Not needed on "
-    "TPU pods, SLURM or Open MPI, where JAX reads it from the environment.")
+    "coordinator_address", None, "host:port of process 0, for jax.distributed (launch/tpu_pod.sh "
+    "passes worker 0's). Not needed under SLURM or Open MPI, whose layout JAX reads itself.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
