@@ -71,7 +71,7 @@ class MainRun:
       time.sleep(0.05)
     raise AssertionError(f"No {pattern!r} in the log after {timeout}s:\n{self.output()[-3000:]}")
 
-  def wait(self, timeout: float = 120) -> int:
+  def wait(self, timeout: float = 300) -> int:
     return self.proc.wait(timeout)
 
   def signal(self, sig=signal.SIGTERM):
