@@ -2,6 +2,11 @@
 
 Override any config value with --config.key=value (unknown keys are an error).
 Running again with the same --workdir resumes from its latest checkpoint.
+
+Multi-host (TPU pod slices, SLURM, Open MPI): start the same command once per
+process; see launch/ and docs/pods.md. Exit status: 0 finished, 1 error (the
+last log line says what to do), 75 preempted (SIGTERM: a checkpoint was
+written; run the same command again to resume).
 """
 
 import os
@@ -15,13 +20,26 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from coke_jax import checkpointing
 from coke_jax import train
+from coke_jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard "
-                               "summaries and final_metrics.json.")
+                               "summaries and final_metrics.json (shared by all hosts: a GCS "
+                               "bucket or a shared filesystem).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for jax.distributed (launch/tpu_pod.sh "
+    "passes worker 0's). Not needed under SLURM or Open MPI, whose layout JAX reads itself.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL of sysexits.h: try again (resume) later.
+# Errors whose message says what was wrong and what to do: shown without a traceback.
+_USER_ERRORS = (checkpointing.IncompatibleCheckpointError, sources.MissingDataError,
+                FloatingPointError)
 
 
 class _QuietLibraries:
@@ -32,16 +50,45 @@ class _QuietLibraries:
         part in record.pathname for part in ("/orbax/", "/tensorflow/", "/tensorflow_datasets/"))
 
 
+def _several_processes_launched() -> bool:
+  """Whether SLURM or Open MPI started this command as one of several processes."""
+  return any(int(os.environ.get(var, "1")) > 1
+             for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
+
+
+def initialize_distributed():
+  """Joins the job's other processes; JAX detects whatever the flags leave unset.
+
+  Must run before anything touches a JAX device. A single process (no flags,
+  no multi-task SLURM or MPI launch) skips it.
+  """
+  explicit = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                  process_id=_PROCESS_ID.value)
+  if any(v is not None for v in explicit.values()) or _several_processes_launched():
+    jax.distributed.initialize(**explicit)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  initialize_distributed()
   # tf.data runs on the host; keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], "GPU")
   logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() > 0:  # one host's log tells the story; the others report problems only
+    logging.set_verbosity(logging.WARNING)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except checkpointing.Preempted as e:
+    logging.warning("%s", e)
+    return PREEMPTED_EXIT_CODE
+  except _USER_ERRORS as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    return 1
+  return 0
 
 
 if __name__ == "__main__":

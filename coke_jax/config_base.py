@@ -95,4 +95,10 @@ def default_config() -> config_dict.ConfigDict:
   c.eval_batch_size = 512
   c.knn_k = 20
   c.knn_temperature = 0.07
+
+  # Collapse warnings (log and metrics; training goes on), see coke_jax/monitor.py.
+  c.collapse = config_dict.ConfigDict()
+  c.collapse.max_cluster_share = 0.5   # warn when one cluster holds more of an epoch's examples
+  c.collapse.min_size_fraction = 0.5   # ... or the smallest cluster is below this x gamma_k
+  c.collapse.patience_epochs = 3       # ... for this many epochs in a row (0: never)
   return c

@@ -36,14 +36,15 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_divides(global_batch: int, mesh: Mesh, process_count: int = 1):
+def check_batch_divides(global_batch: int, mesh: Mesh, process_count: int = 1,
+                        name: str = "global_batch_size"):
   devices = mesh.devices.size
   if global_batch % devices or global_batch % process_count:
     raise ValueError(
-        f"config.global_batch_size={global_batch} does not divide over {devices} devices "
+        f"config.{name}={global_batch} does not divide over {devices} devices "
         f"({process_count} processes): each device must get the same number of examples. "
         f"Use a multiple of {math.lcm(devices, process_count)}, e.g. "
-        f"--config.global_batch_size={max(1, round(global_batch / devices)) * devices}.")
+        f"--config.{name}={max(1, round(global_batch / devices)) * devices}.")
 
 
 def shard_step(step_fn: Callable, mesh: Mesh, donate_state: bool = True) -> Callable:

@@ -13,7 +13,6 @@ clustering update; the trainer only orders them:
 """
 
 import json
-import os
 import time
 from typing import Any, Callable, Optional
 
@@ -22,6 +21,7 @@ from clu import metric_writers
 import flax
 from flax import struct
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -29,6 +29,7 @@ import optax
 
 from coke_jax import checkpointing
 from coke_jax import models
+from coke_jax import monitor
 from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax.data import input_pipeline
@@ -185,12 +186,20 @@ class Trainer:
                               self.source.image_shape, self.mesh)
 
   def embed(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
-    """Eval-mode `features`, `proj` (and `pred`) of the un-augmented `split`, plus its `label`."""
+    """Eval-mode `features`, `proj` (and `pred`) of the un-augmented `split`, plus its `label`.
+
+    Each host feeds its rows of every batch; the batch is split over all
+    devices and every host gets the whole result.
+    """
     outs = []
-    for batch in input_pipeline.eval_batches(self.source, split, self.config.eval_batch_size):
-      out = jax.device_get(self._embed(state.params, state.batch_stats, batch["images"]))
-      out["label"] = batch["label"]
-      outs.append({k: np.asarray(v)[batch["weight"] > 0] for k, v in out.items()})
+    for host_batch in input_pipeline.eval_batches(self.source, split, self.config.eval_batch_size,
+                                                  jax.process_index(), jax.process_count()):
+      batch = sharding.global_batch_from_host(host_batch, self.mesh)
+      out = self._embed(state.params, state.batch_stats, batch["images"])
+      out = multihost_utils.process_allgather(
+          {**out, "label": batch["label"], "weight": batch["weight"]}, tiled=True)
+      real = out.pop("weight") > 0
+      outs.append({k: v[real] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
   def step(self, state: TrainState, batch, epoch: int):
@@ -227,23 +236,29 @@ def evaluate(trainer: Trainer, state: TrainState) -> dict[str, Any]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_at_step: Optional[int] = None) -> TrainState:
+                       stop_at_step: Optional[int] = None,
+                       mesh: Optional[jax.sharding.Mesh] = None) -> TrainState:
   """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates.
 
   Writes TensorBoard summaries and checkpoints under `workdir` and the final
   metrics to `<workdir>/final_metrics.json`; returns the final state. With
   `stop_at_step`, stops there with a checkpoint and without evaluating (a
-  later call resumes).
+  later call resumes). On SIGTERM, saves at a step all processes agree on and
+  raises `checkpointing.Preempted`; on a NaN or inf, raises FloatingPointError
+  without saving. `mesh` defaults to all devices of all processes.
   """
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_divides(config.global_batch_size, mesh, jax.process_count())
+  sharding.check_batch_divides(config.eval_batch_size, mesh, jax.process_count(),
+                               name="eval_batch_size")
   source = sources.get_source(config.dataset)
+  ckpt = checkpointing.Checkpointer(workdir, config, source.num_train)
   trainer = Trainer(config, source, mesh)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-  ckpt = checkpointing.Checkpointer(workdir, config, source.num_train)
-  state = trainer.init_state()
-  state = ckpt.restore_or(state)
+  state, monitor_state = ckpt.restore_or(trainer.init_state(), monitor={})
+  collapse = monitor.CollapseMonitor(config.collapse, monitor_state)
+  nonfinite = monitor.NonFiniteCheck(mesh)
   step = int(state.step)
   if step:
     logging.info("Resumed from %s at step %d (epoch %.2f).", ckpt.directory, step,
@@ -256,49 +271,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                mesh.devices.size)
   progress = Progress(total, spe, config.global_batch_size, step)
   end = total if stop_at_step is None else min(stop_at_step, total)
-  while step < end:
-    epoch, start = divmod(step, spe)
-    for host_batch in input_pipeline.train_batches(source, config, epoch, start,
-                                                   jax.process_index(), jax.process_count()):
-      batch = sharding.global_batch_from_host(host_batch, mesh)
-      state, metrics = trainer.step(state, batch, epoch)
-      step += 1
-      if step % config.log_every_steps == 0 or step == total:
-        metrics = jax.device_get(metrics)
-        metrics["learning_rate"] = float(trainer.schedule(max(step - spe, 0)))
-        loss = float(metrics["loss"])
-        if not np.isfinite(loss):
-          raise FloatingPointError(
-              f"The loss is {loss} at step {step}; stopping without saving. The last good "
-              f"checkpoint in {ckpt.directory} is kept. Lower the learning rate or check "
-              "the data.")
-        writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
-        logging.info(progress.report(step, loss))
-      if step % spe == 0:
-        state, epoch_metrics = trainer.end_epoch(state)
-        epoch_metrics = jax.device_get(epoch_metrics)
-        writer.write_scalars(step, {f"clusters/{k}": v for k, v in epoch_metrics.items()})
-        done_epoch = step // spe - 1
-        if (config.eval_every_epochs and done_epoch > 0 and step < total
-            and done_epoch % config.eval_every_epochs == 0):
-          results = evaluate(trainer, state)
-          writer.write_scalars(step, _flat_scalars(results, "eval"))
-          logging.info("epoch %d eval: %s", done_epoch, _summary(results))
-      if step % config.checkpoint_every_steps == 0 or step == end:
-        ckpt.save(step, state)
-      if step == end:
-        break
-  ckpt.wait()
+  # The finally clause lets an in-flight save complete whatever stops the loop.
+  with checkpointing.PreemptionWatch() as preemption:
+    try:
+      while step < end:
+        epoch, start = divmod(step, spe)
+        for host_batch in input_pipeline.train_batches(source, config, epoch, start,
+                                                       jax.process_index(), jax.process_count()):
+          batch = sharding.global_batch_from_host(host_batch, mesh)
+          state, metrics = trainer.step(state, batch, epoch)
+          step += 1
+          nonfinite.note(step, metrics)
+          if step % config.log_every_steps == 0 or step == total:
+            nonfinite.check(step, ckpt)
+            metrics = jax.device_get(metrics)
+            metrics["learning_rate"] = float(trainer.schedule(max(step - spe, 0)))
+            writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+            logging.info(progress.report(step, float(metrics["loss"])))
+          if step % spe == 0:
+            state, epoch_metrics = trainer.end_epoch(state)
+            epoch_metrics = jax.device_get(epoch_metrics)
+            done_epoch = step // spe - 1
+            collapsed = collapse.end_epoch(done_epoch, epoch_metrics)
+            writer.write_scalars(step, {**{f"clusters/{k}": v for k, v in epoch_metrics.items()},
+                                        **{f"clusters/collapse/{k}": v
+                                           for k, v in collapsed.items()}})
+            if (config.eval_every_epochs and done_epoch > 0 and step < total
+                and done_epoch % config.eval_every_epochs == 0):
+              results = evaluate(trainer, state)
+              writer.write_scalars(step, _flat_scalars(results, "eval"))
+              logging.info("epoch %d eval: %s", done_epoch, _summary(results))
+          preempted = preemption.reached(step)
+          if preempted or step % config.checkpoint_every_steps == 0 or step == end:
+            nonfinite.check(step, ckpt, state)  # a NaN state is never saved
+            ckpt.save(step, state, collapse.state)
+          if preempted:
+            ckpt.wait()
+            raise checkpointing.Preempted(step, ckpt.directory)
+          if step == end:
+            break
+    finally:
+      ckpt.wait()
   if step < total:
     return state
   results = evaluate(trainer, state)
   writer.write_scalars(step, _flat_scalars(results, "eval"))
   writer.flush()
+  results["collapse"] = {k: collapse.state[k] for k in ("num_warnings", "recent_warnings")}
+  metrics_path = checkpointing.resolve(workdir) / "final_metrics.json"
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-      json.dump(results, f, indent=2)
-  logging.info("Final metrics (%s): %s", os.path.join(workdir, "final_metrics.json"),
-               json.dumps(results, indent=2))
+    metrics_path.write_text(json.dumps(results, indent=2))
+  logging.info("Final metrics (%s): %s", metrics_path, json.dumps(results, indent=2))
   return state
 
 

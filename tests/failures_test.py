@@ -1,0 +1,188 @@
+"""Bad input stops main.py with one clear message and a non-zero status, and loses no checkpoint.
+
+Also the two run monitors: NaN/inf (stop, never save a bad state) and a
+collapsing clustering (warn in the log and the metrics).
+"""
+
+import hashlib
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest
+import jax.numpy as jnp
+import numpy as np
+
+from coke_jax import checkpointing
+from coke_jax import monitor
+from coke_jax import sharding
+from coke_jax import train
+from coke_jax.data import sources
+from tests import main_runs
+from tests import testing
+
+
+def _files(directory: str) -> dict[str, str]:
+  """Every file under `directory` with the hash of its bytes."""
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+class MainFailuresTest(absltest.TestCase):
+  """Each case starts main.py in a workdir holding a smoke checkpoint at step 2."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.base = tempfile.mkdtemp()
+    train.train_and_evaluate(testing.smoke_config(), cls.base, stop_at_step=2)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.base)
+    super().tearDownClass()
+
+  def _fail(self, *flags, config="configs/smoke.py", expect_status=1):
+    """Runs main.py on a copy of the base workdir; returns its log, checking nothing changed."""
+    workdir = os.path.join(self.create_tempdir().full_path, "w")
+    shutil.copytree(self.base, workdir)
+    before = _files(os.path.join(workdir, "checkpoints"))
+    run = main_runs.MainRun([f"--config={config}", f"--workdir={workdir}", *flags],
+                            os.path.join(workdir, "main.log"))
+    self.addCleanup(run.stop)
+    self.assertEqual(run.wait(), expect_status, run.output()[-3000:])
+    after = _files(os.path.join(workdir, "checkpoints"))
+    self.assertEqual({k: v for k, v in after.items() if k in before}, before)
+    return run.output(), workdir
+
+  def test_mistyped_config_key(self):
+    out, _ = self._fail("--config.optimiser.name=sgd")
+    self.assertIn('Did you mean "optimizer" instead of "optimiser"?', out)
+
+  def test_batch_not_dividing_over_devices(self):
+    out, _ = self._fail("--config.global_batch_size=250")
+    self.assertIn("config.global_batch_size=250 does not divide over 8 devices", out)
+    self.assertIn("--config.global_batch_size=248", out)
+    out, _ = self._fail("--config.eval_batch_size=100")
+    self.assertIn("config.eval_batch_size=100 does not divide over 8 devices", out)
+
+  def test_data_dir_without_dataset(self):
+    data_dir = self.create_tempdir().full_path
+    out, _ = self._fail(f"--config.dataset.data_dir={data_dir}", config="configs/coke_two_view.py")
+    self.assertIn(f"MissingDataError: The TFDS dataset 'imagenet2012' is not prepared in "
+                  f"data_dir={data_dir!r}", out)
+    self.assertIn("tfds build imagenet2012", out)
+    self.assertNotIn("Traceback", out)
+
+  def test_incompatible_checkpoint(self):
+    out, _ = self._fail("--config.objective.num_clusters=(10, 20)")
+    self.assertIn("IncompatibleCheckpointError", out)
+    self.assertIn("objective.num_clusters: checkpoint [10, 16] vs config [10, 20]", out)
+    self.assertIn("neither loaded nor overwritten", out)
+    self.assertNotIn("Traceback", out)
+
+  def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(self):
+    # Epoch 0 (steps 1-6) takes no gradient step; step 7's huge update makes step 8 NaN.
+    out, workdir = self._fail("--config.optimizer.learning_rate=1e30")
+    self.assertIn("NaN or inf in the metrics (loss, gradient norm or duals) of step 8", out)
+    self.assertIn("(latest: step 4)", out)
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, "checkpoints"))), ["2", "4"])
+
+
+class IncompatibleCheckpointTest(absltest.TestCase):
+  """Another N (the dataset split) or another model is refused like another K (above)."""
+
+  def test_other_num_examples_or_model(self):
+    workdir = self.create_tempdir().full_path
+    config = testing.smoke_config()
+    num_train = sources.get_source(config.dataset).num_train
+    saver = checkpointing.Checkpointer(workdir, config, num_train)
+    saver.save(0, {"params": jnp.ones(3)})  # the settings are checked before the state
+    saver.wait()
+    for key, value, diff in (
+        ("dataset.holdout_fraction", 0.3, "num_train_examples: checkpoint 1438 vs config"),
+        ("model.embed_dim", 32, "'embed_dim': 16"),
+        ("model.backbone", "resnet18", "'backbone': 'small_cnn'")):
+      other = testing.smoke_config(**{key: value})
+      num_train = sources.get_source(other.dataset).num_train
+      with self.assertRaisesRegex(checkpointing.IncompatibleCheckpointError, diff):
+        checkpointing.Checkpointer(workdir, other, num_train)
+
+
+class NonFiniteCheckTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.mesh = sharding.make_mesh()
+    self.checkpoints = checkpointing.Checkpointer(self.create_tempdir().full_path,
+                                                  testing.smoke_config(), 100)
+
+  def test_names_the_first_bad_step(self):
+    check = monitor.NonFiniteCheck(self.mesh)
+    check.note(1, {"loss": jnp.float32(1.0)})
+    check.check(1, self.checkpoints)
+    check.note(2, {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(np.inf)})
+    check.note(3, {"loss": jnp.float32(np.nan), "grad_norm": jnp.float32(1.0)})
+    check.note(4, {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(1.0)})
+    with self.assertRaisesRegex(FloatingPointError, "of step 2; .*no checkpoint yet"):
+      check.check(4, self.checkpoints)
+
+  def test_checks_the_state_before_a_save(self):
+    check = monitor.NonFiniteCheck(self.mesh)
+    check.note(5, {"loss": jnp.float32(1.0)})
+    state = {"params": jnp.ones(3), "labels": jnp.zeros(3, jnp.int32)}
+    check.check(5, self.checkpoints, state)
+    state["params"] = jnp.array([1.0, -np.inf, 0.0])
+    with self.assertRaisesRegex(FloatingPointError, "in the train state at step 5"):
+      check.check(5, self.checkpoints, state)
+
+
+def _epoch_stats(share, smallest, bound, head="k10_0"):
+  return {f"largest_share/{head}": share, f"min_size/{head}": smallest, f"bound/{head}": bound,
+          f"num_empty/{head}": 0}
+
+
+class CollapseMonitorTest(absltest.TestCase):
+
+  def _monitor(self, state=None):
+    return monitor.CollapseMonitor(testing.smoke_config().collapse, state)  # 0.5, 0.5, 3 epochs
+
+  def test_one_cluster_too_large_warns_at_once(self):
+    collapse = self._monitor()
+    self.assertEqual(collapse.end_epoch(1, _epoch_stats(0.4, 50, 70)), {"k10_0": 0.0})
+    with self.assertLogs(level="WARNING") as logs:
+      self.assertEqual(collapse.end_epoch(2, _epoch_stats(0.6, 50, 70)), {"k10_0": 1.0})
+    self.assertIn("epoch 2, head k10_0: one cluster holds 60.0% of the examples", logs.output[0])
+    self.assertEqual(collapse.state["num_warnings"], 1)
+
+  def test_small_cluster_warns_after_patience_and_resets(self):
+    collapse = self._monitor()
+    small, fine = _epoch_stats(0.2, 30, 70), _epoch_stats(0.2, 40, 70)  # 30 < 0.5 * 70 <= 40
+    self.assertEqual([collapse.end_epoch(e, small)["k10_0"] for e in range(2)], [0.0, 0.0])
+    self.assertEqual(collapse.end_epoch(2, fine)["k10_0"], 0.0)  # recovered: count restarts
+    self.assertEqual([collapse.end_epoch(e, small)["k10_0"] for e in range(3, 6)], [0.0, 0.0, 1.0])
+    self.assertIn("below 0.5 x the size bound (70.0) for 3 epochs",
+                  collapse.state["recent_warnings"][-1])
+
+  def test_state_survives_a_checkpoint(self):
+    workdir = self.create_tempdir().full_path
+    config = testing.smoke_config()
+    collapse = self._monitor()
+    for epoch in range(2):
+      collapse.end_epoch(epoch, _epoch_stats(0.2, 30, 70))
+    saver = checkpointing.Checkpointer(workdir, config, 100)
+    state = {"x": jnp.ones(2)}
+    saver.save(1, state, collapse.state)
+    saver.wait()
+    _, restored = checkpointing.Checkpointer(workdir, config, 100).restore_or(state, monitor={})
+    resumed = self._monitor(restored)
+    self.assertEqual(resumed.end_epoch(2, _epoch_stats(0.2, 30, 70))["k10_0"], 1.0)
+
+
+if __name__ == "__main__":
+  absltest.main()
