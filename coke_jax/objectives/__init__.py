@@ -21,5 +21,10 @@ def build_objective(config, num_examples: int):
     return CoKe(num_clusters=tuple(obj.num_clusters), num_examples=num_examples,
                 embed_dim=config.model.embed_dim, temperature=obj.temperature,
                 min_size_ratio=obj.min_size_ratio, dual_lr=obj.dual_lr,
-                dual_l1_radius=obj.dual_l1_radius, alpha=obj.alpha, beta=obj.beta)
+                dual_l1_radius=obj.dual_l1_radius, alpha=obj.alpha, beta=obj.beta,
+                min_size_ratios=tuple(tuple(r) for r in obj.min_size_ratios),
+                center_update=obj.center_update, average_after_epoch=obj.average_after_epoch,
+                avg_label_size=obj.avg_label_size,
+                avg_label_temperature=obj.avg_label_temperature,
+                multicrop_beta=obj.multicrop_beta)
   raise ValueError(f"config.objective.name is {obj.name!r}; known objectives: ['coke'].")
