@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from coke_jax import clustering
+from coke_jax import objectives
 from coke_jax.objectives import coke
+from tests import testing
 
 
 def _unit(x):
@@ -106,8 +108,8 @@ class CoKeObjectiveTest(absltest.TestCase):
       coke.CoKe(num_clusters=(2,), num_examples=12, embed_dim=4, multicrop_beta=2.0)
 
   def test_per_cluster_bounds_and_full_projection(self):
-    obj = coke.CoKe(num_clusters=(3,), num_examples=12, embed_dim=4, min_size_ratios=((0.3, 1.2, 0.9),),
-                    dual_lr=5.0, dual_l1_radius=0.2)
+    obj = coke.CoKe(num_clusters=(3,), num_examples=12, embed_dim=4,
+                    min_size_ratios=((0.3, 1.2, 0.9),), dual_lr=5.0, dual_l1_radius=0.2)
     heads = obj.init(jax.random.PRNGKey(1))
     np.testing.assert_allclose(obj.min_size_fracs(0), [0.1, 0.4, 0.3], rtol=1e-6)
     new, _ = obj.update(heads, jnp.asarray(self.proj), jnp.asarray(self.index), jnp.ones(6),
@@ -213,6 +215,21 @@ class CoKeObjectiveTest(absltest.TestCase):
     expected = -(target * _log_softmax(proj[0] @ averaged.T / 0.1)).sum(-1)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
+
+  def test_dual_lr_rule_per_head_from_the_config(self):
+    config = testing.smoke_config(**{"objective.dual_lr": None, "objective.num_clusters": (4, 8),
+                                     "model.embed_dim": 4})
+    obj = objectives.build_objective(config, num_examples=500)
+    epochs = config.num_epochs + 1
+    self.assertEqual(obj.dual_lr, tuple(clustering.default_dual_lr(k, config.global_batch_size,
+                                                                   500 * epochs) for k in (4, 8)))
+    heads = obj.init(jax.random.PRNGKey(0))
+    new, _ = obj.update(heads, jnp.asarray(self.proj), jnp.asarray(self.index), jnp.ones(6),
+                        jnp.int32(1))
+    for h, (head, k) in enumerate(zip(heads, (4, 8))):
+      labels = np.argmax(self.proj.mean(0) @ np.asarray(head.centers).T, -1)
+      grad = np.bincount(labels, minlength=k) / 6 - 0.5 / k
+      np.testing.assert_allclose(new[h].dual, np.maximum(0, -obj.dual_lr[h] * grad), atol=1e-6)
 
 if __name__ == "__main__":
   absltest.main()

@@ -13,7 +13,7 @@ order Alg. 1 and Alg. 2 use them:
 """
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,7 @@ class CoKe:
   min_size_ratio: float = 0.4   # gamma' with gamma_k = gamma' N / K (Sec. 4)
   # Per-cluster gamma'_k, one tuple of K values per head (Eq. 5); () uses min_size_ratio.
   min_size_ratios: tuple[tuple[float, ...], ...] = ()
-  dual_lr: float = 20.0         # eta of Eq. 9
+  dual_lr: Union[float, tuple[float, ...]] = 20.0  # eta of Eq. 9; a tuple: one per head
   dual_l1_radius: Optional[float] = None  # tau of Eq. 9; None: max(0, .) of Sec. 4
   alpha: float = 0.2            # weight of the one-hot label in the two-view target (Alg. 2)
   beta: float = 0.5             # weight of the prediction-head loss (supp. 2.2.4)
@@ -80,6 +80,9 @@ class CoKe:
     if self.avg_label_size < 1 or self.avg_label_temperature <= 0:
       raise ValueError(f"objective.avg_label_size ({self.avg_label_size}) must be >= 1 and "
                        f"avg_label_temperature ({self.avg_label_temperature}) > 0.")
+    if isinstance(self.dual_lr, tuple) and len(self.dual_lr) != len(self.num_clusters):
+      raise ValueError(f"objective.dual_lr has {len(self.dual_lr)} values for "
+                       f"{len(self.num_clusters)} heads; give one eta, or one per head.")
     for name in ("alpha", "beta", "multicrop_beta"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"objective.{name} is {getattr(self, name)}; it must be in [0, 1].")
@@ -93,6 +96,9 @@ class CoKe:
     """gamma / N = gamma' / K of the first head with K clusters (its smallest bound when the
     bounds differ per cluster; `min_size_fracs` has them all)."""
     return float(np.min(self.min_size_fracs(self.num_clusters.index(k))))
+
+  def head_dual_lr(self, head: int) -> float:
+    return self.dual_lr[head] if isinstance(self.dual_lr, tuple) else self.dual_lr
 
   @property
   def averaging(self) -> bool:
@@ -174,7 +180,8 @@ class CoKe:
                                    targets) for s in range(num_small)) / num_small
         head_loss = self.multicrop_beta * head_loss + (1.0 - self.multicrop_beta) * small_loss
       per_example = per_example + head_loss / len(heads)
-      agreement = agreement + (jnp.argmax(proj_logits[0], -1) == head.prev_labels[index]) / len(heads)
+      agreement = agreement + (
+          jnp.argmax(proj_logits[0], -1) == head.prev_labels[index]) / len(heads)
     return per_example, {"label_agreement": agreement}
 
   def _batch_centers(self, epoch: jax.Array) -> jax.Array:
@@ -204,7 +211,8 @@ class CoKe:
       online = clustering.OnlineState(head.centers, head.centers_sum, head.counts, head.dual)
       online, labels = clustering.online_step(
           online, x, weight, min_size_frac=jnp.asarray(self.min_size_fracs(h)),
-          dual_lr=self.dual_lr, dual_l1_radius=self.dual_l1_radius, batch_centers=batch_centers)
+          dual_lr=self.head_dual_lr(h), dual_l1_radius=self.dual_l1_radius,
+          batch_centers=batch_centers)
       new_heads.append(head._replace(
           labels=head.labels.at[write_index].set(labels, mode="drop"), **online._asdict()))
       metrics[f"dual_max/k{k}_{h}"] = jnp.max(online.dual)
