@@ -277,25 +277,31 @@ class DiagnosticsTest(absltest.TestCase):
     self.assertEqual(float(d["bound"]), 1.0)
 
 
-def _digits_problem(k=10, center_seed=3):
-  x = sk_datasets.load_digits().data / 16.0
+def _shifted_digits_problem(copies=6, k=10, center_seed=1):
+  """Digits under random 1-px shifts and noise (N = 10,782) with fixed k-means++ centers."""
+  images = sk_datasets.load_digits().images / 16.0
+  rng = np.random.default_rng(0)
+  out = [images]
+  for _ in range(copies - 1):
+    dx, dy = rng.integers(-1, 2, size=(2, len(images)))
+    shifted = np.stack([np.roll(im, (a, b), axis=(0, 1)) for im, a, b in zip(images, dy, dx)])
+    out.append(shifted + 0.1 * rng.normal(size=images.shape))
+  x = np.concatenate(out).reshape(-1, 64)
   x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
   centers, _ = sk_cluster.kmeans_plusplus(x, k, random_state=center_seed)
   centers = (centers / np.linalg.norm(centers, axis=1, keepdims=True)).astype(np.float32)
   return x, centers, x.astype(np.float64) @ centers.T.astype(np.float64)
 
 
-def _online_labels(x, centers, ratio, batch_size, passes, seed):
-  """`passes` passes of Eqs. 8/9 with fixed centers; the last pass's labels."""
+def _online_labels(x, centers, ratio, batch_size, seed):
+  """One random-order pass of Eqs. 8/9 with fixed centers and the default dual step."""
   k = centers.shape[0]
   state = clustering.init_online_state(jnp.asarray(centers))
-  kwargs = dict(min_size_frac=jnp.asarray(clustering.min_size_fractions(k, ratio)),
-                dual_lr=clustering.default_dual_lr(k, batch_size, len(x) * passes),
-                batch_centers=False)
-  for key in jax.random.split(jax.random.PRNGKey(seed), passes):
-    index, weight = clustering.batch_plan(key, len(x), batch_size)
-    state, labels = clustering.online_epoch(state, jnp.asarray(x), index, weight, **kwargs)
-    state = clustering.start_epoch(state, state.centers)
+  index, weight = clustering.batch_plan(jax.random.PRNGKey(seed), len(x), batch_size)
+  _, labels = clustering.online_epoch(
+      state, jnp.asarray(x), index, weight,
+      min_size_frac=jnp.asarray(clustering.min_size_fractions(k, ratio)),
+      dual_lr=clustering.default_dual_lr(k, batch_size, len(x)), batch_centers=False)
   return np.asarray(labels)
 
 
@@ -315,21 +321,22 @@ class ExactLPTest(parameterized.TestCase):
 
   @parameterized.parameters(0.4, 0.9, 1.0)
   def test_online_assignment_is_near_the_lp_optimum(self, ratio):
-    # Digits pixels with k-means++ centers under which greedy leaves a cluster at ~0.3 N/K.
-    x, centers, sims = _digits_problem()
+    # Theorem 1 / Table 1 on real data: digits under shifts and noise, fixed centers under
+    # which the greedy assignment leaves a cluster at ~0.2 N / K, one random-order pass.
+    x, centers, sims = _shifted_digits_problem()
     k = centers.shape[0]
     min_size = ratio * len(x) / k
     optimum, _ = clustering.solve_assignment_lp(sims, min_size)
     greedy_sizes = np.bincount(sims.argmax(1), minlength=k)
-    self.assertLess(greedy_sizes.min(), 0.35 * len(x) / k)  # the constraint binds
-    for seed in range(3):
-      labels = _online_labels(x, centers, ratio, batch_size=32, passes=1, seed=seed)
+    self.assertLess(greedy_sizes.min(), 0.25 * len(x) / k)  # the constraint binds
+    # The violation is O(sqrt N): at N = 54k it is <= 1% of gamma (benchmarks/online_vs_lp.py);
+    # at this N = 10.8k about 2% with 337 steps (b = 32) and 5% with 42 steps (b = 256).
+    for batch_size, seed, max_violation in ((32, 0, 0.03), (32, 1, 0.03), (256, 0, 0.06)):
+      labels = _online_labels(x, centers, ratio, batch_size, seed)
       objective = sims[np.arange(len(x)), labels].sum()
       sizes = np.bincount(labels, minlength=k)
       self.assertGreaterEqual(objective / optimum, 0.99)
-      # At N = 1,797 the violation's O(sqrt N) floor is a few examples: ~5% of gamma = 162
-      # (docs/clustering.md); the <= 1% target needs N in the tens of thousands.
-      self.assertLessEqual(np.max(min_size - sizes) / min_size, 0.10)
+      self.assertLessEqual(np.max(min_size - sizes) / min_size, max_violation)
 
 
 if __name__ == "__main__":
