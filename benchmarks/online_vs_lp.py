@@ -26,8 +26,8 @@ Tables:
           are O(sqrt N), so per example they fall like 1/sqrt N)
   small   N = 1,797: what several passes (duals carried over, the last pass's
           labels scored) and the step size buy
-  features  the main table on --features (an .npy of [N, D] embeddings, e.g.
-          a trained model's; see docs/clustering.md)
+  features  the main and eta tables on --features (an .npy of [N, D] embeddings,
+          e.g. a trained model's: benchmarks/digits_features.py)
 
 Data: sklearn's digits (8x8 pixels, flattened to 64-d and L2-normalized);
 --copies - 1 extra copies of each image shifted by up to one pixel in x and y
@@ -162,13 +162,14 @@ def main_table(datasets, batch_sizes=(32, 256), ratios=(0.4, 0.9, 1.0)):
             f"{100 * greedy_violation:.1f}", f"{lp_seconds:.1f}", f"{seconds:.3f}")
 
 
-def eta_table(x, ratio=0.9, constants=(0.01, 0.03, 0.1, 0.3, 1.0)):
-  header(f"The dual step: eta = c K b / sqrt(N), one pass, N = {len(x)}, gamma' = {ratio}",
-         ["K", "batch", "c", "eta", "obj % of LP", "viol % of gamma (mean / worst)"])
-  for k in (10, 50):
+def eta_table(name, x, ratio=0.9, constants=(0.01, 0.03, 0.1, 0.3, 1.0), ks=(10, 50)):
+  header(f"The dual step on {name}: eta = c K b / sqrt(N), one pass, N = {len(x)}, "
+         f"gamma' = {ratio}", ["K", "batch", "c", "eta", "obj % of LP",
+                               "viol % of gamma (mean / worst)"])
+  for k in ks:
     centers = kmeans_pp_centers(x, k)
     sims = x.astype(np.float64) @ centers.T.astype(np.float64)
-    optimum, _ = lp_optimum(f"shifted{len(x)}_k{k}_c{_CENTER_SEED.value}", sims, ratio * len(x) / k)
+    optimum, _ = lp_optimum(f"{name}_k{k}_c{_CENTER_SEED.value}", sims, ratio * len(x) / k)
     for b in (32, 256):
       for c in constants:
         eta = c * k * b / np.sqrt(len(x))
@@ -222,14 +223,16 @@ def main(argv):
   if "main" in tables:
     main_table([("pixels", pixels), (f"shifted{len(shifted)}", shifted)])
   if "eta" in tables:
-    eta_table(shifted)
+    eta_table(f"shifted{len(shifted)}", shifted)
   if "sqrt_n" in tables:
     sqrt_n_table(shifted)
   if "small" in tables:
     small_table(pixels)
   if "features" in tables:
     features = np.load(_FEATURES.value).astype(np.float32)
-    main_table([("features", features / np.linalg.norm(features, axis=1, keepdims=True))])
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    main_table([("features", features)])
+    eta_table("features", features, ks=(10,))
 
 
 if __name__ == "__main__":
