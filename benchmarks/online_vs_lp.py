@@ -26,6 +26,8 @@ Tables:
           are O(sqrt N), so per example they fall like 1/sqrt N)
   small   N = 1,797: what several passes (duals carried over, the last pass's
           labels scored) and the step size buy
+  balanced  gamma' = 1: free duals (`dual_update` at balanced bounds) against duals
+          projected on rho >= 0
   features  the main and eta tables on --features (an .npy of [N, D] embeddings,
           e.g. a trained model's: benchmarks/digits_features.py)
 
@@ -97,6 +99,47 @@ def online_labels(x, centers, min_size_frac, dual_lr, key, *, batch_size, epochs
   init = (clustering.init_online_state(centers), jnp.zeros((x.shape[0],), jnp.int32))
   (_, labels), _ = lax.scan(epoch, init, jax.random.split(key, epochs))
   return labels
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def projected_labels(x, centers, min_size_frac, dual_lr, key, *, batch_size):
+  """One pass like `online_labels`, but the duals always projected on rho >= 0 (Sec. 4's
+  max(0, .)), also at gamma' = 1 where `clustering.dual_update` leaves them free."""
+  index, weight = clustering.batch_plan(key, x.shape[0], batch_size)
+
+  def body(dual, batch):
+    batch_index, batch_weight = batch
+    labels = clustering.assign(clustering.similarities(x[batch_index], centers), dual)
+    counts = clustering.cluster_counts(labels, batch_weight, centers.shape[0])
+    grad = counts / jnp.sum(batch_weight) - min_size_frac
+    return clustering.project_dual(dual - dual_lr * grad), labels
+
+  _, labels = lax.scan(body, jnp.zeros(centers.shape[0]), (index, weight))
+  write = jnp.where(weight > 0, index, x.shape[0]).reshape(-1)
+  return jnp.zeros(x.shape[0], jnp.int32).at[write].set(labels.reshape(-1), mode="drop")
+
+
+def balanced_table(x, name):
+  k = _K.value
+  centers = kmeans_pp_centers(x, k)
+  sims = x.astype(np.float64) @ centers.T.astype(np.float64)
+  min_size = len(x) / k
+  optimum, _ = lp_optimum(f"{name}_k{k}_c{_CENTER_SEED.value}", sims, min_size)
+  header(f"gamma' = 1 on {name} (N = {len(x)}, K = {k}): free duals (the equality constraints' "
+         "duals, as the official code at ratio 1) against duals projected on rho >= 0; one pass, "
+         "eta = default_dual_lr", ["batch", "duals", "obj % of LP", "viol % (mean / worst)"])
+  frac = jnp.asarray(clustering.min_size_fractions(k, 1.0))
+  for b in (32, 256):
+    eta = jnp.float32(clustering.default_dual_lr(k, b, len(x)))
+    for duals, fn in (("free", functools.partial(online_labels, epochs=1)),
+                      ("projected", projected_labels)):
+      results = [score(sims, np.asarray(fn(jnp.asarray(x), jnp.asarray(centers), frac, eta,
+                                           jax.random.PRNGKey(order), batch_size=b)), min_size)
+                 for order in range(_ORDERS.value)]
+      objective = np.mean([r[0] for r in results])
+      violations = [r[1] for r in results]
+      row(b, duals, f"{100 * objective / optimum:.3f}",
+          pct((float(np.mean(violations)), float(np.max(violations)))))
 
 
 def score(sims, labels, min_size):
@@ -226,6 +269,8 @@ def main(argv):
     eta_table(f"shifted{len(shifted)}", shifted)
   if "sqrt_n" in tables:
     sqrt_n_table(shifted)
+  if "balanced" in tables:
+    balanced_table(shifted, f"shifted{len(shifted)}")
   if "small" in tables:
     small_table(pixels)
   if "features" in tables:

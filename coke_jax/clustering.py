@@ -468,10 +468,10 @@ class CoKeKMeans:
   `fit` runs `n_epochs` passes over the data, each in a fresh random order in
   mini-batches of `batch_size` (None: min(256, N // 64), so that an epoch
   has at least 64 dual steps): assign (Eq. 8), update the duals (Eq. 9) and
-  the centers, once per epoch by default (Eq. 10: a Lloyd step under the size
-  constraint, which measured better and steadier on digits than the
-  per-mini-batch Eq. 11 of `center_update="batch"`; docs/clustering.md).
-  Centers start from k-means++ seeds. The whole run is one compiled XLA program (a
+  the centers (Eq. 11 after every mini-batch, or with `center_update="epoch"`
+  Eq. 10 once per epoch: a Lloyd step under the size constraint, better on
+  digits, worse on a 100-cluster mixture; docs/clustering.md). Centers start
+  from k-means++ seeds. The whole run is one compiled XLA program (a
   `lax.scan` over epochs and mini-batches) built from the same functions the
   trainer uses.
 
@@ -491,7 +491,7 @@ class CoKeKMeans:
   """
 
   def __init__(self, n_clusters: int, min_size_ratio=0.4, dual_lr: Optional[float] = None,
-               batch_size: Optional[int] = None, n_epochs: int = 20, center_update: str = "epoch",
+               batch_size: Optional[int] = None, n_epochs: int = 20, center_update: str = "batch",
                init: str = "k-means++", seed: int = 0):
     self.n_clusters = n_clusters
     self.min_size_ratio = min_size_ratio
