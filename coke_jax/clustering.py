@@ -401,12 +401,16 @@ def size_diagnostics(counts: jax.Array, min_size: jax.Array) -> dict[str, jax.Ar
 # --- The standalone estimator ------------------------------------------------------------------
 
 
-def kmeans_plus_plus(key: jax.Array, x: jax.Array, num_clusters: int) -> jax.Array:
-  """k-means++ seeding (Arthur and Vassilvitskii, 2007) on unit-norm rows: [K, D].
+def kmeans_plus_plus(key: jax.Array, x: jax.Array, num_clusters: int,
+                     local_trials: Optional[int] = None) -> jax.Array:
+  """Greedy k-means++ seeding on unit-norm rows, [K, D] (Arthur and Vassilvitskii, 2007).
 
-  Each next center is a row drawn with probability proportional to its
-  squared distance 2 - 2 x^T c to the nearest center chosen so far.
+  Each next center is the best of `local_trials` rows (default 2 + log K, as
+  scikit-learn) drawn with probability proportional to the squared distance
+  2 - 2 x^T c to the nearest center so far: the one that lowers the total
+  squared distance most.
   """
+  trials = local_trials or 2 + int(np.log(num_clusters))
   keys = jax.random.split(key, num_clusters)
   first = x[jax.random.randint(keys[0], (), 0, x.shape[0])]
   centers = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(first)
@@ -417,8 +421,10 @@ def kmeans_plus_plus(key: jax.Array, x: jax.Array, num_clusters: int) -> jax.Arr
     logits = jnp.where(dist > 0, jnp.log(jnp.maximum(dist, 1e-30)), -jnp.inf)
     # If every row coincides with a chosen center, any row will do.
     logits = jnp.where(jnp.any(dist > 0), logits, jnp.zeros_like(dist))
-    new = x[jax.random.categorical(keys[k], logits)]
-    return centers.at[k].set(new), jnp.minimum(dist, jnp.maximum(2.0 - 2.0 * x @ new, 0.0))
+    candidates = jax.random.categorical(keys[k], logits, shape=(trials,))
+    cand_dist = jnp.minimum(dist[:, None], jnp.maximum(2.0 - 2.0 * x @ x[candidates].T, 0.0))
+    best = jnp.argmin(jnp.sum(cand_dist, axis=0))
+    return centers.at[k].set(x[candidates[best]]), cand_dist[:, best]
 
   centers, _ = lax.fori_loop(1, num_clusters, body, (centers, dist))
   return centers
