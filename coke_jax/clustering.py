@@ -16,8 +16,9 @@ padding rows that must not count anywhere.
 
 The file reads top to bottom like Sec. 3: the assignment and its dual (3.2.1),
 the centers (3.2.2), the losses (3.3), the moving average of the second stage
-(3.4, supp. 2.2.2), one mini-batch and one epoch of Alg. 1, and last the
-standalone estimator `CoKeKMeans` built from those same functions.
+(3.4, supp. 2.2.2), one mini-batch and one epoch of Alg. 1, the collapse
+diagnostics, the standalone estimator `CoKeKMeans` built from those same
+functions, and last the exact LP of Eq. 6 they are measured against.
 """
 
 import functools
