@@ -7,8 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coke_jax import checkpointing
 from coke_jax import clustering
 from coke_jax import objectives
+from coke_jax import sharding
+from coke_jax import train
+from coke_jax.data import sources
 from coke_jax.objectives import coke
 from tests import testing
 
@@ -230,6 +234,32 @@ class CoKeObjectiveTest(absltest.TestCase):
       labels = np.argmax(self.proj.mean(0) @ np.asarray(head.centers).T, -1)
       grad = np.bincount(labels, minlength=k) / 6 - 0.5 / k
       np.testing.assert_allclose(new[h].dual, np.maximum(0, -obj.dual_lr[h] * grad), atol=1e-6)
+
+class SecondStageThroughTheTrainerTest(absltest.TestCase):
+
+  def test_second_stage_trains_checkpoints_and_resumes(self):
+    # Smoke config: 6 steps per epoch; epoch 0 is the scan, epochs 1 and 2 the second stage
+    # (T' = 0), with Eq. 10 centers, per-cluster bounds on the first head and the eta rule.
+    config = testing.smoke_config(**{
+        "num_epochs": 2, "checkpoint_every_steps": 5, "objective.average_after_epoch": 0,
+        "objective.center_update": "epoch", "objective.dual_lr": None,
+        "objective.min_size_ratios": ((0.3,) * 5 + (0.7,) * 5, (0.5,) * 16)})
+    workdir = self.create_tempdir().full_path
+    stopped = train.train_and_evaluate(config, workdir, stop_at_step=13)
+    source = sources.get_source(config.dataset)
+    trainer = train.Trainer(config, source, sharding.make_mesh())
+    restored = checkpointing.Checkpointer(workdir, config, source.num_train).restore_or(
+        trainer.init_state())
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(restored.objective)),
+                    jax.tree_util.tree_leaves(jax.device_get(stopped.objective))):
+      np.testing.assert_array_equal(a, b)
+    final = train.train_and_evaluate(config, workdir)
+    self.assertEqual(int(final.step), 18)
+    for head in jax.device_get(final.objective):
+      self.assertEqual(head.avg_label_ids.shape, (source.num_train, 5))
+      np.testing.assert_allclose(head.avg_label_weights.sum(1), 1.0, atol=1e-5)
+      # Epochs 1 and 2 averaged: some examples changed cluster, so some labels are soft.
+      self.assertGreater(int(np.sum(head.avg_label_weights.max(1) < 1.0)), 0)
 
 if __name__ == "__main__":
   absltest.main()
