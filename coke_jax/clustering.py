@@ -11,14 +11,23 @@ Pure functions of arrays, written to be read beside the paper. Notation:
              paper's common choice is gamma' / K for every k (Sec. 4).
 
 Every function works on one mini-batch (or one global batch assembled from all
-devices); none knows about devices, epochs or the training loop. Weights of 0
-mark padding rows that must not count anywhere.
+devices); none knows about devices or the training loop. Weights of 0 mark
+padding rows that must not count anywhere.
+
+The file reads top to bottom like Sec. 3: the assignment and its dual (3.2.1),
+the centers (3.2.2), the losses (3.3), the moving average of the second stage
+(3.4, supp. 2.2.2), one mini-batch and one epoch of Alg. 1, the collapse
+diagnostics, the standalone estimator `CoKeKMeans` built from those same
+functions, and last the exact LP of Eq. 6 they are measured against.
 """
 
-from typing import Optional
+import functools
+from typing import NamedTuple, Optional, Union
 
 import jax
+from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
@@ -36,6 +45,59 @@ def similarities(x: jax.Array, centers: jax.Array) -> jax.Array:
   return jnp.einsum("...d,kd->...k", x.astype(jnp.float32), centers.astype(jnp.float32))
 
 
+# --- Sec. 3.2.1: online assignment and its dual variables -----------------------------------
+
+
+def min_size_fractions(num_clusters: int, min_size_ratio) -> np.ndarray:
+  """gamma_k / N for every cluster, [K] float32, from gamma' (Sec. 4: gamma_k = gamma' N / K).
+
+  `min_size_ratio` is gamma', a scalar in [0, 1] (1 is balanced clustering),
+  or one gamma'_k per cluster (Eq. 5 allows a different bound per cluster),
+  each >= 0 with mean <= 1 so that sum_k gamma_k <= N (the constraints of
+  Eq. 5 can only all hold if the bounds add up to at most N).
+  """
+  ratio = np.asarray(min_size_ratio, np.float64)
+  if ratio.ndim == 0:
+    if not 0.0 <= float(ratio) <= 1.0:
+      raise ValueError(f"min_size_ratio (gamma') is {float(ratio)}; it must be in [0, 1]: "
+                       "gamma_k = gamma' N / K, 1 is balanced clustering, the paper uses 0.4.")
+    ratio = np.full((num_clusters,), float(ratio))
+  elif ratio.shape != (num_clusters,):
+    raise ValueError(f"per-cluster min_size_ratio has shape {ratio.shape}; it must be a scalar "
+                     f"or hold one gamma'_k per cluster, shape ({num_clusters},).")
+  if not np.all(np.isfinite(ratio)) or np.any(ratio < 0) or ratio.mean() > 1.0 + 1e-9:
+    raise ValueError(f"per-cluster min_size_ratio must be finite and >= 0 with mean <= 1 "
+                     f"(sum_k gamma_k <= N); got min {ratio.min()}, mean {ratio.mean()}.")
+  return (ratio / num_clusters).astype(np.float32)
+
+
+def default_dual_lr(num_clusters: int, batch_size: int, num_examples: int,
+                    scale: float = 0.1, max_step: float = 0.1) -> float:
+  """A rule for the dual step eta of Eq. 9: eta = K * min(scale * b / sqrt(N), max_step).
+
+  Why each factor (measured in benchmarks/online_vs_lp.py, docs/clustering.md):
+    K        the gradient n_k / b - gamma_k / N of one dual is O(1 / K), so eta
+             must grow with K for rho to move the same distance in similarity
+             units (the paper: eta = 20 at K = 3000, 0.1 at K <= 200).
+    b        the mini-batch gradient is the mean of b per-example gradients:
+             eta / b is the per-example step, which is what matters once the
+             duals have warmed up from 0 (the eta table collapses in c = eta
+             sqrt(N) / (K b) at small c for b = 32 and 256).
+    sqrt(N)  Theorem 1's step, eta = tau / sqrt(2 N) per example: the regret
+             and the violation are then O(sqrt N). N is the number of examples
+             the duals see: the data size times the number of passes.
+    max_step a safety cap for few, large batches (N < 100 b^2): every example
+             of a batch sees the same rho, and a step much above 0.1 K makes the
+             duals overshoot (89% of the LP optimum at eta = 3.3, K = 10, b = 256).
+  With scale 0.1 one pass over 54k digits (K = 10, gamma' = 0.9) reaches
+  99.9% (b = 32) and 99.3% (b = 256) of the exact LP optimum with a violation
+  below 1% of gamma. Larger scales trade objective for violation.
+  Counting all examples of a run, the paper's settings come out in the same
+  range: K = 3000, b = 1024, N = 1.28M x 200 epochs gives 19 (the paper: 20).
+  """
+  return num_clusters * min(scale * batch_size / float(np.sqrt(num_examples)), max_step)
+
+
 def assign(sims: jax.Array, dual: jax.Array) -> jax.Array:
   """Eq. 8 (Eq. 16 in the appendix): mu_i = one-hot of argmax_k s_ik + rho_k.
 
@@ -46,7 +108,7 @@ def assign(sims: jax.Array, dual: jax.Array) -> jax.Array:
 
 def cluster_counts(labels: jax.Array, weights: jax.Array, num_clusters: int) -> jax.Array:
   """n_k = sum_i w_i mu_ik: the weighted size of each cluster in a batch, [K]."""
-  return jax.ops.segment_sum(weights, labels, num_segments=num_clusters)
+  return jax.ops.segment_sum(weights.astype(jnp.float32), labels, num_segments=num_clusters)
 
 
 def project_dual(rho: jax.Array, tau: Optional[float] = None) -> jax.Array:
@@ -80,16 +142,29 @@ def dual_update(dual: jax.Array, counts: jax.Array, batch_weight: jax.Array,
   A cluster that received fewer than its share gamma_k/N of the batch gets a
   larger rho_k, which pulls the next examples towards it.
 
+  When the bounds add up to N (gamma' = 1, balanced clustering) every
+  constraint of Eq. 5 must hold with equality, and the dual of an equality
+  constraint is free: rho is then not projected, as in the official code at
+  ratio 1. This lets an over-full cluster's rho fall below 0 and roughly
+  halves the violation at gamma' = 1 (docs/clustering.md).
+
   Args:
     dual: rho, [K].
     counts: n_k of this batch (`cluster_counts`), [K].
     batch_weight: b, the number of real (non-padding) examples in the batch.
-    min_size_frac: gamma_k / N, scalar or [K].
-    lr: eta, the dual step size.
+    min_size_frac: gamma_k / N, scalar or [K] (`min_size_fractions`).
+    lr: eta, the dual step size (`default_dual_lr` gives a rule for it).
     tau: radius of the l1 ball of Eq. 9; None for the paper's max(0, .).
   """
   grad = counts / jnp.maximum(batch_weight, 1.0) - min_size_frac
-  return project_dual(dual - lr * grad, tau)
+  rho = dual - lr * grad
+  balanced = jnp.sum(jnp.broadcast_to(min_size_frac, dual.shape)) >= 1.0 - 1e-4
+  rho = jnp.where(balanced, rho, project_dual(rho, tau))
+  # An all-padding batch (b = 0) carries no information and leaves rho as is.
+  return jnp.where(batch_weight > 0, rho, dual)
+
+
+# --- Sec. 3.2.2: centers ----------------------------------------------------------------------
 
 
 def accumulate_centers(centers_sum: jax.Array, counts: jax.Array, x: jax.Array,
@@ -101,6 +176,7 @@ def accumulate_centers(centers_sum: jax.Array, counts: jax.Array, x: jax.Array,
   """
   num_clusters = centers_sum.shape[0]
   x = x.astype(jnp.float32)
+  weights = weights.astype(jnp.float32)
   centers_sum = centers_sum + jax.ops.segment_sum(
       x * weights[:, None], labels, num_segments=num_clusters)
   counts = counts + cluster_counts(labels, weights, num_clusters)
@@ -116,21 +192,25 @@ def centers_from_sums(centers_sum: jax.Array, counts: jax.Array, fallback: jax.A
   return jnp.where((counts > 0)[:, None], l2_normalize(centers_sum), fallback)
 
 
-def soft_targets(labels: jax.Array, num_clusters: int, reference_probs: Optional[jax.Array],
+# --- Sec. 3.3: the discrimination loss --------------------------------------------------------
+
+
+def soft_targets(label_dist: jax.Array, reference_probs: Optional[jax.Array],
                  alpha: float) -> jax.Array:
   """The two-view soft label of Sec. 3.4 and Alg. 2, [B, K]:
 
-    y_hat_{i:1} = alpha * onehot(y_i^{t-1}) + (1 - alpha) * p_{i:2}^{t-1},
+    y_hat_{i:1} = alpha * y_i^{t-1} + (1 - alpha) * p_{i:2}^{t-1},
 
-  where p_{i:2} = softmax(x_i^{2T} C^{t-1} / lambda) is the other view's
-  prediction (`reference_probs`), under stop-gradient. With more than two views
-  the caller passes the mean of the other views' predictions. With no
-  reference (one view) the target is the one-hot label of Eq. 12.
+  where y_i^{t-1} is the one-hot label of the last epoch (`label_dist`, or the
+  averaged label of the second stage, Eq. 14) and p_{i:2} = softmax(x_i^{2T}
+  C^{t-1} / lambda) is the other view's projection-head prediction
+  (`reference_probs`), under stop-gradient. With more views, or for the small
+  crops of multi-crop, the caller passes the mean of the other (large) views'
+  predictions. With no reference (one view) the target is `label_dist` (Eq. 12).
   """
-  onehot = jax.nn.one_hot(labels, num_clusters, dtype=jnp.float32)
   if reference_probs is None:
-    return onehot
-  return alpha * onehot + (1.0 - alpha) * jax.lax.stop_gradient(reference_probs)
+    return label_dist
+  return alpha * label_dist + (1.0 - alpha) * lax.stop_gradient(reference_probs)
 
 
 def normalized_softmax_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -140,6 +220,159 @@ def normalized_softmax_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.sum(targets * log_probs, axis=-1)
+
+
+# --- Sec. 3.4 and supp. 2.2.2: the moving average of the second stage -----------------------
+
+
+def average_factor(epoch: jax.Array, average_after: Optional[int]) -> jax.Array:
+  """1 / (t - T') of Eq. 13 for epoch t > T'; 1 (no averaging: keep epoch t) for t <= T'."""
+  if average_after is None:
+    return jnp.float32(1.0)
+  return 1.0 / jnp.maximum(epoch - average_after, 1).astype(jnp.float32)
+
+
+def average_centers(averaged: jax.Array, centers: jax.Array, factor: jax.Array) -> jax.Array:
+  """Eq. 13 for the centers, C_hat^t = (1 - f) C_hat^{t-1} + f C^t, back on the sphere.
+
+  Each center is renormalized as the classifier of Eq. 14 needs unit norm (the
+  official code does the same).
+  """
+  return l2_normalize((1.0 - factor) * averaged + factor * centers)
+
+
+def average_sparse_labels(ids: jax.Array, weights: jax.Array, labels: jax.Array,
+                          factor: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Eq. 13 for the labels, y_hat^t = (1 - f) y_hat^{t-1} + f onehot(y^t), kept to S entries.
+
+  Supp. 2.2.2 keeps S = 5 non-zero entries per example, so the table is
+  `ids` [N, S] int32 (cluster of each entry) and `weights` [N, S] (its weight;
+  0 marks an unused slot), O(N S) memory. If y^t is already an entry it gains
+  f; otherwise it replaces the lightest entry, whose weight is dropped, and
+  the remaining entries are rescaled so the weights keep summing to 1 (the
+  bookkeeping of the official single-view code). With f = 1 the table becomes
+  the one-hot y^t.
+  """
+  present = (ids == labels[:, None]) & (weights > 0)                          # [N, S]
+  found = jnp.any(present, axis=1)
+  slot = jnp.where(found, jnp.argmax(present, axis=1), jnp.argmin(weights, axis=1))
+  slot_mask = jax.nn.one_hot(slot, ids.shape[1], dtype=jnp.bool_)
+  evicted = jnp.where(found, 0.0, jnp.sum(jnp.where(slot_mask, weights, 0.0), axis=1))
+  kept = jnp.where(slot_mask & ~found[:, None], 0.0, weights)
+  # Rescale the surviving mass 1 - evicted to 1 - f; a fully evicted row has nothing to rescale.
+  scale = jnp.where(evicted < 1.0, (1.0 - factor) / jnp.maximum(1.0 - evicted, 1e-12), 0.0)
+  weights = kept * scale[:, None] + jnp.where(slot_mask, factor, 0.0)
+  ids = jnp.where(slot_mask, labels[:, None], ids)
+  return ids, weights
+
+
+def sparse_soft_labels(ids: jax.Array, weights: jax.Array, num_clusters: int,
+                       temperature: float) -> jax.Array:
+  """The dense [B, K] target of Eq. 14 from a sparse averaged label (supp. 2.2.2):
+
+    y_ik = exp(y_hat_ik / lambda') / Z over the non-zero entries, 0 elsewhere.
+
+  `temperature` is lambda' (0.5 in the paper). A one-hot row stays one-hot.
+  """
+  dense = jnp.zeros((ids.shape[0], num_clusters), jnp.float32)
+  dense = dense.at[jnp.arange(ids.shape[0])[:, None], ids].add(weights.astype(jnp.float32))
+  logits = jnp.where(dense > 0, dense / temperature, -jnp.inf)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+# --- Alg. 1: one mini-batch and one epoch ----------------------------------------------------
+
+
+class OnlineState(NamedTuple):
+  """What Alg. 1 carries from one mini-batch to the next, for one clustering."""
+  centers: jax.Array      # [K, D] the centers the assignment uses
+  centers_sum: jax.Array  # [K, D] sum of this epoch's members (Eqs. 10/11)
+  counts: jax.Array       # [K] float32, this epoch's cluster sizes so far
+  dual: jax.Array         # [K] rho, kept across epochs
+
+
+def init_online_state(centers: jax.Array) -> OnlineState:
+  centers = centers.astype(jnp.float32)
+  return OnlineState(centers=centers, centers_sum=jnp.zeros_like(centers),
+                     counts=jnp.zeros(centers.shape[:1], jnp.float32),
+                     dual=jnp.zeros(centers.shape[:1], jnp.float32))
+
+
+def online_step(state: OnlineState, x: jax.Array, weights: jax.Array, *,
+                min_size_frac: jax.Array, dual_lr: float, dual_l1_radius: Optional[float] = None,
+                batch_centers: Union[bool, jax.Array] = True) -> tuple[OnlineState, jax.Array]:
+  """One mini-batch of Alg. 1: assignment (Eq. 8), duals (Eq. 9), centers (Eq. 11 or 10).
+
+  Args:
+    state: the clustering carried over from the previous mini-batch.
+    x: [B, D] unit-norm embeddings (for two views, their mean: Eq. 15).
+    weights: [B], 0 for padding rows.
+    min_size_frac: gamma_k / N, scalar or [K].
+    dual_lr, dual_l1_radius: eta and tau of Eq. 9.
+    batch_centers: True (or a traced bool) for the per-mini-batch running
+      centers of Eq. 11; False keeps the centers fixed for the epoch and only
+      accumulates the sums for Eq. 10 (`epoch_centers` at the epoch's end).
+
+  Returns the new state and the labels [B] of this batch.
+  """
+  num_clusters = state.centers.shape[0]
+  labels = assign(similarities(x, state.centers), state.dual)
+  batch_counts = cluster_counts(labels, weights, num_clusters)
+  dual = dual_update(state.dual, batch_counts, jnp.sum(weights.astype(jnp.float32)),
+                     min_size_frac, dual_lr, dual_l1_radius)
+  centers_sum, counts = accumulate_centers(state.centers_sum, state.counts, x, labels, weights)
+  centers = jnp.where(batch_centers, centers_from_sums(centers_sum, counts, state.centers),
+                      state.centers)
+  return OnlineState(centers, centers_sum, counts, dual), labels
+
+
+def epoch_centers(state: OnlineState) -> jax.Array:
+  """C^t at the end of an epoch: Eq. 10 from the epoch's sums (which equals the last
+  running center of Eq. 11); a cluster with no member this epoch keeps its center."""
+  return centers_from_sums(state.centers_sum, state.counts, state.centers)
+
+
+def start_epoch(state: OnlineState, centers: jax.Array) -> OnlineState:
+  """The next epoch starts from `centers` with empty sums; the duals carry over (Alg. 1)."""
+  return state._replace(centers=centers, centers_sum=jnp.zeros_like(state.centers_sum),
+                        counts=jnp.zeros_like(state.counts))
+
+
+def batch_plan(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """A random order cut into mini-batches: (index, weight), each [ceil(N / b), b].
+
+  The last batch is filled up with examples from the start of the order with
+  weight 0, like the trainer's input pipeline.
+  """
+  steps = -(-num_examples // batch_size)
+  order = jax.random.permutation(key, num_examples).astype(jnp.int32)
+  index = jnp.resize(order, (steps * batch_size,)).reshape(steps, batch_size)
+  weight = (jnp.arange(steps * batch_size) < num_examples).astype(jnp.float32)
+  return index, weight.reshape(steps, batch_size)
+
+
+def online_epoch(state: OnlineState, x: jax.Array, index: jax.Array, weight: jax.Array,
+                 **step_kwargs) -> tuple[OnlineState, jax.Array]:
+  """One pass of Alg. 1 over unit-norm `x` [N, D] in the order `index` [T, b] (`batch_plan`).
+
+  Returns the state after the last mini-batch (call `epoch_centers` and
+  `start_epoch` before the next pass) and the labels [N] of this epoch.
+  `step_kwargs` go to `online_step`.
+  """
+
+  def body(state, batch):
+    batch_index, batch_weight = batch
+    state, labels = online_step(state, x[batch_index], batch_weight, **step_kwargs)
+    return state, labels
+
+  state, labels = lax.scan(body, state, (index, weight))
+  num_examples = x.shape[0]
+  write = jnp.where(weight > 0, index, num_examples).reshape(-1)  # padding is dropped
+  table = jnp.zeros((num_examples,), jnp.int32).at[write].set(labels.reshape(-1), mode="drop")
+  return state, table
+
+
+# --- Diagnostics --------------------------------------------------------------------------------
 
 
 def size_diagnostics(counts: jax.Array, min_size: jax.Array) -> dict[str, jax.Array]:
@@ -157,7 +390,233 @@ def size_diagnostics(counts: jax.Array, min_size: jax.Array) -> dict[str, jax.Ar
       "max_size": jnp.max(counts),
       "bound": jnp.min(min_size),
       "num_under_bound": jnp.sum(counts < min_size),
-      "violation": jnp.max(min_size - counts),  # V of Sec. 3.2.1
+      "violation": jnp.max(min_size - counts),  # V of Sec. 3.2.1 (negative: all bounds met)
+      # max_k (gamma_k - n_k)+ / gamma_k: the violation as a fraction of the bound
+      "relative_violation": jnp.max(jnp.maximum(min_size - counts, 0.0)
+                                    / jnp.maximum(min_size, 1e-12)),
       "largest_share": jnp.max(counts) / total,
       "num_empty": jnp.sum(counts == 0),
   }
+
+
+# --- The standalone estimator ------------------------------------------------------------------
+
+
+def kmeans_plus_plus(key: jax.Array, x: jax.Array, num_clusters: int,
+                     local_trials: Optional[int] = None) -> jax.Array:
+  """Greedy k-means++ seeding on unit-norm rows, [K, D] (Arthur and Vassilvitskii, 2007).
+
+  Each next center is the best of `local_trials` rows (default 2 + log K, as
+  scikit-learn) drawn with probability proportional to the squared distance
+  2 - 2 x^T c to the nearest center so far: the one that lowers the total
+  squared distance most.
+  """
+  trials = local_trials or 2 + int(np.log(num_clusters))
+  keys = jax.random.split(key, num_clusters)
+  first = x[jax.random.randint(keys[0], (), 0, x.shape[0])]
+  centers = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(first)
+  dist = jnp.maximum(2.0 - 2.0 * x @ first, 0.0)
+
+  def body(k, carry):
+    centers, dist = carry
+    logits = jnp.where(dist > 0, jnp.log(jnp.maximum(dist, 1e-30)), -jnp.inf)
+    # If every row coincides with a chosen center, any row will do.
+    logits = jnp.where(jnp.any(dist > 0), logits, jnp.zeros_like(dist))
+    candidates = jax.random.categorical(keys[k], logits, shape=(trials,))
+    cand_dist = jnp.minimum(dist[:, None], jnp.maximum(2.0 - 2.0 * x @ x[candidates].T, 0.0))
+    best = jnp.argmin(jnp.sum(cand_dist, axis=0))
+    return centers.at[k].set(x[candidates[best]]), cand_dist[:, best]
+
+  centers, _ = lax.fori_loop(1, num_clusters, body, (centers, dist))
+  return centers
+
+
+@functools.partial(jax.jit, static_argnames=("num_clusters", "batch_size", "n_epochs",
+                                             "batch_centers", "init", "dual_l1_radius"))
+def _fit(x, key, min_size_frac, dual_lr, *, num_clusters, batch_size, n_epochs, batch_centers,
+         init, dual_l1_radius):
+  """Alg. 1 over `n_epochs` random-order passes, compiled as one program."""
+  x = l2_normalize(x.astype(jnp.float32))
+  init_key, order_key = jax.random.split(key)
+  if init == "k-means++":
+    centers = kmeans_plus_plus(init_key, x, num_clusters)
+  else:  # "random": K distinct rows (Alg. 1 initializes C^0 at random)
+    centers = x[jax.random.choice(init_key, x.shape[0], (num_clusters,), replace=False)]
+  step_kwargs = dict(min_size_frac=min_size_frac, dual_lr=dual_lr,
+                     dual_l1_radius=dual_l1_radius, batch_centers=batch_centers)
+
+  def epoch(carry, epoch_key):
+    state, _ = carry
+    index, weight = batch_plan(epoch_key, x.shape[0], batch_size)
+    state, labels = online_epoch(state, x, index, weight, **step_kwargs)
+    return (start_epoch(state, epoch_centers(state)), labels), None
+
+  labels = jnp.zeros((x.shape[0],), jnp.int32)
+  (state, labels), _ = lax.scan(epoch, (init_online_state(centers), labels),
+                                jax.random.split(order_key, n_epochs))
+  return state.centers, state.dual, labels
+
+
+@jax.jit
+def _nearest_center(x, centers):
+  return jnp.argmax(similarities(l2_normalize(x.astype(jnp.float32)), centers), axis=-1)
+
+
+class CoKeKMeans:
+  """Online constrained k-means (CoKe, Alg. 1) as a scikit-learn style estimator.
+
+  Clusters rows by cosine similarity with a lower bound on every cluster's
+  size: at least gamma_k = min_size_ratio * N / K examples per cluster (Eq. 5),
+  met by the online dual updates of Eq. 9 up to a small violation. Rows are
+  L2-normalized inside (x / ||x||; an all-zero row stays zero and joins the
+  cluster with the largest dual), so this is spherical k-means: the data's
+  scale is ignored, only directions count.
+
+  `fit` runs `n_epochs` passes over the data, each in a fresh random order in
+  mini-batches of `batch_size` (None: min(256, N // 64), so that an epoch
+  has at least 64 dual steps): assign (Eq. 8), update the duals (Eq. 9) and
+  the centers (Eq. 11 after every mini-batch, or with `center_update="epoch"`
+  Eq. 10 once per epoch: a Lloyd step under the size constraint, better on
+  digits, worse on a 100-cluster mixture; docs/clustering.md). Centers start
+  from k-means++ seeds. The whole run is one compiled XLA program (a
+  `lax.scan` over epochs and mini-batches) built from the same functions the
+  trainer uses.
+
+  Attributes after `fit`:
+    labels_: [N] int, the assignments of the last epoch (they satisfy the
+      size constraint up to the online violation).
+    cluster_centers_: [K, D] unit-norm centers after the last epoch.
+    cluster_sizes_: [K] int, the number of rows in each cluster of `labels_`.
+    dual_: [K] the final dual variables rho.
+    dual_lr_: the eta used (`default_dual_lr(K, b, N * n_epochs)` when dual_lr is None).
+    batch_size_: the mini-batch size used.
+
+  `predict(X)` returns the nearest center of each row (cosine similarity,
+  without duals), as the paper evaluates held-out data; it is not bound by
+  the size constraint, so `predict(X)` on the training rows may differ from
+  `labels_`.
+  """
+
+  def __init__(self, n_clusters: int, min_size_ratio=0.4, dual_lr: Optional[float] = None,
+               batch_size: Optional[int] = None, n_epochs: int = 20, center_update: str = "batch",
+               init: str = "k-means++", seed: int = 0):
+    self.n_clusters = n_clusters
+    self.min_size_ratio = min_size_ratio
+    self.dual_lr = dual_lr
+    self.batch_size = batch_size
+    self.n_epochs = n_epochs
+    self.center_update = center_update
+    self.init = init
+    self.seed = seed
+
+  def _check_params(self, num_examples: int):
+    k = self.n_clusters
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+      raise ValueError(f"n_clusters must be a positive integer; got {k!r}.")
+    if k > num_examples:
+      raise ValueError(f"n_clusters={k} is larger than the number of rows in X "
+                       f"({num_examples}); use at most {num_examples} clusters.")
+    for name in ("batch_size", "n_epochs"):
+      value = getattr(self, name)
+      if name == "batch_size" and value is None:
+        continue
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    if self.dual_lr is not None and not (np.isfinite(self.dual_lr) and self.dual_lr > 0):
+      raise ValueError(f"dual_lr must be a positive number or None (the default rule "
+                       f"default_dual_lr); got {self.dual_lr!r}.")
+    if self.center_update not in ("batch", "epoch"):
+      raise ValueError(f"center_update is {self.center_update!r}; use 'batch' (Eq. 11, "
+                       "after every mini-batch) or 'epoch' (Eq. 10, once per epoch).")
+    if self.init not in ("k-means++", "random"):
+      raise ValueError(f"init is {self.init!r}; use 'k-means++' or 'random'.")
+    return min_size_fractions(k, self.min_size_ratio)
+
+  def fit(self, X, y=None) -> "CoKeKMeans":
+    """Clusters the rows of X [N, D]; `y` is ignored (scikit-learn convention)."""
+    del y
+    x = _check_array(X)
+    min_size_frac = self._check_params(x.shape[0])
+    if self.batch_size is None:  # at least 64 dual steps per epoch
+      batch_size = min(256, max(1, x.shape[0] // 64))
+    else:
+      batch_size = min(int(self.batch_size), x.shape[0])
+    self.batch_size_ = batch_size
+    # The rule treats the whole run as one stream of N * n_epochs examples (Theorem 1).
+    self.dual_lr_ = (float(self.dual_lr) if self.dual_lr is not None else
+                     default_dual_lr(self.n_clusters, batch_size, x.shape[0] * self.n_epochs))
+    centers, dual, labels = _fit(
+        x, jax.random.PRNGKey(self.seed), jnp.asarray(min_size_frac), jnp.float32(self.dual_lr_),
+        num_clusters=int(self.n_clusters), batch_size=batch_size, n_epochs=int(self.n_epochs),
+        batch_centers=self.center_update == "batch", init=self.init, dual_l1_radius=None)
+    self.cluster_centers_ = np.asarray(centers)
+    self.dual_ = np.asarray(dual)
+    self.labels_ = np.asarray(labels)
+    self.cluster_sizes_ = np.bincount(self.labels_, minlength=self.n_clusters)
+    self.n_features_in_ = x.shape[1]
+    return self
+
+  def fit_predict(self, X, y=None) -> np.ndarray:
+    """`fit(X)` and return `labels_` (the constrained assignment of the last epoch)."""
+    return self.fit(X, y).labels_
+
+  def predict(self, X) -> np.ndarray:
+    """The nearest center (cosine similarity) of each row of X [M, D]."""
+    if not hasattr(self, "cluster_centers_"):
+      raise ValueError("This CoKeKMeans is not fitted yet; call fit(X) before predict(X).")
+    x = _check_array(X)
+    if x.shape[1] != self.n_features_in_:
+      raise ValueError(f"X has {x.shape[1]} features, but CoKeKMeans was fitted with "
+                       f"{self.n_features_in_}.")
+    return np.asarray(_nearest_center(x, self.cluster_centers_))
+
+
+def _check_array(X) -> np.ndarray:
+  """X as a finite float32 [N, D] array, or a ValueError that says what is wrong."""
+  try:
+    x = np.asarray(X, dtype=np.float32)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"X must be a numeric array of shape (n_samples, n_features); {e}") from e
+  if x.ndim != 2:
+    raise ValueError(f"X must be 2-D, (n_samples, n_features); got shape {x.shape}. Use "
+                     "X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for one sample.")
+  if x.shape[0] == 0 or x.shape[1] == 0:
+    raise ValueError(f"X is empty: shape {x.shape}.")
+  finite = np.isfinite(x).all(axis=1)
+  if not finite.all():
+    rows = np.flatnonzero(~finite)
+    raise ValueError(f"X contains NaN or infinite values in {rows.size} rows (first: "
+                     f"{rows[:5].tolist()}); remove or impute them before clustering.")
+  return x
+
+
+# --- The exact reference: Eq. 6 as a linear program ------------------------------------------
+
+
+def solve_assignment_lp(sims: np.ndarray, min_size: np.ndarray) -> tuple[float, np.ndarray]:
+  """Eq. 6 solved exactly, the optimum the online assignment is measured against (Theorem 1):
+
+    max_mu sum_ik s_ik mu_ik  s.t.  sum_k mu_ik = 1,  sum_i mu_ik >= gamma_k,  mu_ik >= 0.
+
+  `sims` is s [N, K], `min_size` gamma_k (in examples) [K] or a scalar. Solved
+  by HiGHS (interior point with crossover, which is much faster here than its
+  dual simplex) on sparse constraint matrices; N K variables, so for N up to
+  ~1e5 and K up to ~100. Returns (optimum, mu [N, K]). Host-side numpy/scipy.
+  """
+  import scipy.optimize  # pylint: disable=g-import-not-at-top
+  import scipy.sparse  # pylint: disable=g-import-not-at-top
+  sims = np.asarray(sims, np.float64)
+  n, k = sims.shape
+  min_size = np.broadcast_to(np.asarray(min_size, np.float64), (k,))
+  if min_size.sum() > n + 1e-6:
+    raise ValueError(f"The lower bounds add up to {min_size.sum()} > N = {n}: infeasible.")
+  var = np.arange(n * k)
+  ones = np.ones(n * k)
+  one_cluster_each = scipy.sparse.csr_matrix((ones, (var // k, var)), shape=(n, n * k))
+  cluster_sizes = scipy.sparse.csr_matrix((-ones, (var % k, var)), shape=(k, n * k))
+  result = scipy.optimize.linprog(
+      -sims.ravel(), A_ub=cluster_sizes, b_ub=-min_size, A_eq=one_cluster_each,
+      b_eq=np.ones(n), bounds=(0, None), method="highs-ipm")
+  if result.status != 0:
+    raise RuntimeError(f"HiGHS did not solve the assignment LP: {result.message}")
+  return -result.fun, result.x.reshape(n, k)

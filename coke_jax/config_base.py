@@ -72,10 +72,17 @@ def default_config() -> config_dict.ConfigDict:
   c.objective.num_clusters = (3000, 4000, 5000)  # one head per K (Sec. 4.1.3)
   c.objective.temperature = 0.1        # lambda of Eq. 12
   c.objective.min_size_ratio = 0.4     # gamma' (Table 1)
-  c.objective.dual_lr = 20.0           # eta of Eq. 9 (Sec. 4)
+  c.objective.min_size_ratios = ()     # per-cluster gamma'_k (Eq. 5): a K-tuple per head; (): above
+  # eta of Eq. 9 (Sec. 4); None: clustering.default_dual_lr per head (K, batch, N x epochs)
+  c.objective.dual_lr = config_dict.FieldReference(20.0, field_type=float)
   c.objective.dual_l1_radius = config_dict.placeholder(float)  # tau of Eq. 9; None: max(0, .)
   c.objective.alpha = 0.2              # one-hot weight of the two-view soft label (supp. Table 3)
   c.objective.beta = 0.5               # prediction-head loss weight (supp. Table 4)
+  c.objective.center_update = "batch"  # batch: Eq. 11 each mini-batch | epoch: Eq. 10 once an epoch
+  c.objective.average_after_epoch = config_dict.placeholder(int)  # T' of Eq. 13; None: one stage
+  c.objective.avg_label_size = 5       # non-zero entries of an averaged label (supp. 2.2.2)
+  c.objective.avg_label_temperature = 0.5  # lambda' of the averaged label's softmax (supp. 2.2.2)
+  c.objective.multicrop_beta = 0.5     # large views vs small crops (official main_multi_view.py)
 
   c.optimizer = config_dict.ConfigDict()
   c.optimizer.name = "lars"            # lars | sgd
