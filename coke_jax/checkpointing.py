@@ -26,8 +26,10 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 # Config entries that must match for a checkpoint to be resumed.
-_FINGERPRINT_KEYS = ("dataset.name", "model", "objective.name", "objective.num_clusters",
-                     "num_views", "optimizer.name")
+_FINGERPRINT_KEYS = ("dataset.name", "dataset.image_size", "model", "objective.name",
+                     "objective.num_clusters", "objective.average_after_epoch",
+                     "objective.avg_label_size", "num_views", "num_small_views",
+                     "optimizer.name")
 
 
 def fingerprint(config, num_train: int) -> dict[str, Any]:
