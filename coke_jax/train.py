@@ -33,6 +33,7 @@ from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
+from coke_jax.evaluation import pictures
 from coke_jax.evaluation import pretraining_eval
 
 
@@ -217,11 +218,24 @@ class Progress:
             f"ETA {eta // 3600:d}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
 
 
-def evaluate(trainer: Trainer, state: TrainState) -> dict[str, Any]:
-  """Held-out clustering per head and kNN top-1 of the backbone features."""
-  return pretraining_eval.evaluate(trainer.embed(state, "train"),
-                                   trainer.embed(state, "heldout"), trainer.source.num_classes,
-                                   trainer.objective, state.objective, trainer.config)
+def evaluate(trainer: Trainer, state: TrainState, writer=None, workdir: Optional[str] = None,
+             epoch: Optional[int] = None) -> dict[str, Any]:
+  """Held-out clustering per head and kNN of backbone features (`pretraining_eval`).
+
+  With a `writer`, also logs the results as `eval/*` scalars at the state's step
+  and draws each head's exemplar grid (TensorBoard and `<workdir>/pictures/`).
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  results, drawn = pretraining_eval.evaluate_model(
+      trainer.model, variables, trainer.objective, state.objective, trainer.source,
+      trainer.config, trainer.mesh, draw=writer is not None)
+  if writer is not None:
+    step = int(state.step)
+    writer.write_scalars(step, pretraining_eval.flat_scalars(results, "eval"))
+    if jax.process_index() == 0:
+      pictures.write(writer, workdir, step, drawn, tag=f"epoch{epoch:04d}")
+    logging.info("epoch %d eval: %s", epoch, pretraining_eval.summary(results))
+  return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -276,12 +290,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, epoch_metrics = trainer.end_epoch(state)
         epoch_metrics = jax.device_get(epoch_metrics)
         writer.write_scalars(step, {f"clusters/{k}": v for k, v in epoch_metrics.items()})
-        done_epoch = step // spe - 1
-        if (config.eval_every_epochs and done_epoch > 0 and step < total
+        done_epoch = step // spe - 1  # 0: the initialization scan
+        pretraining_eval.write_cluster_sizes(writer, workdir, step, f"epoch{done_epoch:04d}",
+                                             trainer.objective, state.objective, source.num_train)
+        if (config.eval_every_epochs and step < total
             and done_epoch % config.eval_every_epochs == 0):
-          results = evaluate(trainer, state)
-          writer.write_scalars(step, _flat_scalars(results, "eval"))
-          logging.info("epoch %d eval: %s", done_epoch, _summary(results))
+          evaluate(trainer, state, writer, workdir, done_epoch)
       if step % config.checkpoint_every_steps == 0 or step == end:
         ckpt.save(step, state)
       if step == end:
@@ -289,8 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt.wait()
   if step < total:
     return state
-  results = evaluate(trainer, state)
-  writer.write_scalars(step, _flat_scalars(results, "eval"))
+  results = evaluate(trainer, state, writer, workdir, config.num_epochs)
   writer.flush()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
@@ -300,18 +313,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return state
 
 
-def _flat_scalars(tree: dict, prefix: str) -> dict[str, float]:
-  flat = flax.traverse_util.flatten_dict(tree, sep="/")
-  return {f"{prefix}/{k}": v for k, v in flat.items() if isinstance(v, (int, float))}
-
-
 def _flat_hparams(config) -> dict[str, Any]:
   flat = flax.traverse_util.flatten_dict(config.to_dict(), sep=".")
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
-
-
-def _summary(results: dict) -> str:
-  parts = [f"knn_top1 {results['knn_top1']:.4f}"]
-  for name, head in results["heads"].items():
-    parts.append(f"{name}: acc {head['acc']:.4f} nmi {head['nmi']:.4f}")
-  return ", ".join(parts)
