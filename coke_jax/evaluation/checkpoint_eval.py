@@ -15,6 +15,7 @@ from clu import metric_writers
 import jax
 import jax.numpy as jnp
 import ml_collections
+import tensorflow as tf
 
 from coke_jax import models
 from coke_jax import objectives
@@ -54,7 +55,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, pretrai
                                        restored["objective"], source.num_train)
   writer.flush()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, "eval_metrics.json"), "w") as f:
       json.dump(results, f, indent=2)
   logging.info("Checkpoint %s/%d: %s", restore.checkpoint_dir(pretrain_workdir), step,
                pretraining_eval.summary(results))

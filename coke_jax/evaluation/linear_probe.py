@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 from coke_jax import models
 from coke_jax import sharding
@@ -156,13 +157,14 @@ def heldout_accuracy(backbone, frozen, params, source, config, mesh) -> dict[str
 
 def feature_transform(backbone, variables, source, config, mesh) -> dict[str, Any]:
   """`frozen` for `probe_features`: the backbone and the identity or the standardization."""
-  train_feats = features.embed(BackboneFeatures(backbone), variables, source, "train",
-                               config.eval_batch_size, mesh)["features"]
-  shift, scale = np.zeros(train_feats.shape[-1]), np.ones(train_feats.shape[-1])
+  num_features = jax.eval_shape(lambda v: backbone.apply(
+      v, jnp.zeros((1, *source.image_shape)), train=False), variables).shape[-1]
+  shift, scale = np.zeros(num_features), np.ones(num_features)
   if config.linear_eval.normalize_features:
-    # Constant features get scale 1 rather than a division by ~0.
+    train_feats = features.embed(BackboneFeatures(backbone), variables, source, "train",
+                                 config.eval_batch_size, mesh)["features"]
     shift, std = train_feats.mean(0), train_feats.std(0)
-    scale = np.where(std > 1e-6, 1.0 / np.maximum(std, 1e-6), 1.0)
+    scale = np.where(std > 1e-6, 1.0 / np.maximum(std, 1e-6), 1.0)  # constant features: 1
   frozen = {"backbone": variables, "shift": shift.astype(np.float32),
             "scale": scale.astype(np.float32)}
   return jax.device_put(frozen, sharding.replicated(mesh))
@@ -215,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, pretrain
   meta = {"pretrain_checkpoint": restore.checkpoint_dir(pretrain_workdir),
           "pretrain_step": pretrain_step}
   manager = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      restore.checkpoint_dir(workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
       item_names=("state", "meta"))
   if manager.latest_step() is not None:
@@ -269,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, pretrain
   writer.flush()
   results = {**acc, **meta, "num_epochs": probe.num_epochs}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "linear_eval_metrics.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, "linear_eval_metrics.json"), "w") as f:
       json.dump(results, f, indent=2)
   logging.info("Linear probe: %s", json.dumps(results))
   return results

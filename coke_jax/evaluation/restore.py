@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 from coke_jax import checkpointing
 from coke_jax import sharding
@@ -23,13 +24,15 @@ class MissingCheckpointError(FileNotFoundError):
   """The pretraining workdir holds no checkpoint."""
 
 
-def checkpoint_dir(pretrain_workdir: str) -> str:
-  return os.path.join(os.path.abspath(pretrain_workdir), "checkpoints")
+def checkpoint_dir(workdir: str) -> str:
+  """`<workdir>/checkpoints`, absolute for local paths (Orbax needs it), as is for gs:// etc."""
+  workdir = workdir if "://" in workdir else os.path.abspath(workdir)
+  return os.path.join(workdir, "checkpoints")
 
 
 def _manager(pretrain_workdir: str) -> ocp.CheckpointManager:
   directory = checkpoint_dir(pretrain_workdir)
-  if not os.path.isdir(directory):
+  if not tf.io.gfile.isdir(directory):
     raise MissingCheckpointError(
         f"No pretraining checkpoints in {directory}. Pass the --workdir of a pretraining run "
         "as --pretrain_workdir (it has a checkpoints/ folder).")
