@@ -26,7 +26,7 @@ def main():
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   queries = rng.normal(size=(args.queries, args.dim)).astype(np.float32)
-  print(f"| bank | dim | queries | chunk | seconds | bank rows/s x queries | "
+  print(f"| bank | dim | queries | chunk | seconds | similarities / s | "
         f"device bytes (chunk + queries + top-200) |")
   print("| --- | --- | --- | --- | --- | --- | --- |")
   for bank_size in args.bank:

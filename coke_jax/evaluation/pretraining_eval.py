@@ -56,7 +56,9 @@ def evaluate(train_outputs: dict[str, np.ndarray], heldout_outputs: dict[str, np
   """
   labels = heldout_outputs["label"]
   num_train = len(train_outputs["label"])
-  predictions = _local(objective.predict(objective_state, heldout_outputs["proj"]))
+  # This host's copy of the (replicated) state, so that the prediction runs locally on any host.
+  objective_state = jax.tree_util.tree_map(_local, objective_state)
+  predictions = np.asarray(objective.predict(objective_state, heldout_outputs["proj"]))
   heads = {}
   for h, (name, k, sizes) in enumerate(zip(head_names(objective), objective.num_clusters,
                                            cluster_sizes(objective, objective_state))):
