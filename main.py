@@ -3,6 +3,13 @@
 Override any config value with --config.key=value (unknown keys are an error).
 Running again with the same --workdir resumes from its latest checkpoint.
 
+Evaluate a pretraining run's checkpoint (read-only) into another workdir:
+  --mode=eval         kNN, clustering metrics and pictures (same config as pretraining)
+  --mode=linear_eval  linear probe (config with a `linear_eval` section,
+                      e.g. configs/linear_eval_digits.py)
+  python main.py --mode=linear_eval --config=configs/linear_eval_digits.py \
+      --pretrain_workdir=/tmp/coke_digits --workdir=/tmp/coke_digits_linear
+
 Multi-host (TPU pod slices, SLURM, Open MPI): start the same command once per
 process; see launch/ and docs/pods.md. Exit status: 0 finished, 1 error (the
 last log line says what to do), 75 preempted (SIGTERM: a checkpoint was
@@ -23,12 +30,19 @@ import tensorflow as tf
 from coke_jax import checkpointing
 from coke_jax import train
 from coke_jax.data import sources
+from coke_jax.evaluation import checkpoint_eval
+from coke_jax.evaluation import linear_probe
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard "
                                "summaries and final_metrics.json (shared by all hosts: a GCS "
                                "bucket or a shared filesystem).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "linear_eval"],
+                          "train: pretrain (and evaluate at the end); eval / linear_eval: "
+                          "evaluate the checkpoint in --pretrain_workdir.")
+_PRETRAIN_WORKDIR = flags.DEFINE_string("pretrain_workdir", None,
+                                        "The pretraining run's --workdir (eval modes).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for jax.distributed (launch/tpu_pod.sh "
     "passes worker 0's). Not needed under SLURM or Open MPI, whose layout JAX reads itself.")
@@ -80,8 +94,16 @@ def main(argv):
                jax.devices()[0].platform)
   if jax.process_index() > 0:  # one host's log tells the story; the others report problems only
     logging.set_verbosity(logging.WARNING)
+  if _MODE.value != "train" and not _PRETRAIN_WORKDIR.value:
+    raise app.UsageError(f"--mode={_MODE.value} needs --pretrain_workdir (the pretraining run's "
+                         "--workdir, which holds its checkpoints).")
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if _MODE.value == "train":
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == "eval":
+      checkpoint_eval.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _PRETRAIN_WORKDIR.value)
+    else:
+      linear_probe.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _PRETRAIN_WORKDIR.value)
   except checkpointing.Preempted as e:
     logging.warning("%s", e)
     return PREEMPTED_EXIT_CODE

@@ -100,7 +100,7 @@ def default_config() -> config_dict.ConfigDict:
   c.keep_checkpoints = 3
   c.eval_every_epochs = 0              # 0: evaluate only at the end
   c.eval_batch_size = 512
-  c.knn_k = 20
+  c.knn_k = (20, 200)                  # weighted kNN neighbours (NPID/DINO); knn_top1 is the first
   c.knn_temperature = 0.07
 
   # Collapse warnings (log and metrics; training goes on), see coke_jax/monitor.py.

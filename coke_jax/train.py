@@ -21,10 +21,8 @@ from clu import metric_writers
 import flax
 from flax import struct
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from coke_jax import checkpointing
@@ -34,6 +32,7 @@ from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
+from coke_jax.evaluation import pictures
 from coke_jax.evaluation import pretraining_eval
 
 
@@ -178,29 +177,10 @@ class Trainer:
       return state.replace(objective=objective_state), metrics
 
     self.end_epoch = jax.jit(end_epoch, donate_argnums=(0,), out_shardings=replicated)
-    self._embed = jax.jit(lambda p, bs, x: self.model.apply(
-        {"params": p, "batch_stats": bs}, x, train=False))
 
   def init_state(self) -> TrainState:
     return create_train_state(self.config, self.model, self.objective, self.tx,
                               self.source.image_shape, self.mesh)
-
-  def embed(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
-    """Eval-mode `features`, `proj` (and `pred`) of the un-augmented `split`, plus its `label`.
-
-    Each host feeds its rows of every batch; the batch is split over all
-    devices and every host gets the whole result.
-    """
-    outs = []
-    for host_batch in input_pipeline.eval_batches(self.source, split, self.config.eval_batch_size,
-                                                  jax.process_index(), jax.process_count()):
-      batch = sharding.global_batch_from_host(host_batch, self.mesh)
-      out = self._embed(state.params, state.batch_stats, batch["images"])
-      out = multihost_utils.process_allgather(
-          {**out, "label": batch["label"], "weight": batch["weight"]}, tiled=True)
-      real = out.pop("weight") > 0
-      outs.append({k: v[real] for k, v in out.items()})
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
   def step(self, state: TrainState, batch, epoch: int):
     return (self.scan_step if epoch == 0 else self.learn_step)(state, batch)
@@ -228,11 +208,24 @@ class Progress:
             f"ETA {eta // 3600:d}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
 
 
-def evaluate(trainer: Trainer, state: TrainState) -> dict[str, Any]:
-  """Held-out clustering per head and kNN top-1 of the backbone features."""
-  return pretraining_eval.evaluate(trainer.embed(state, "train"),
-                                   trainer.embed(state, "heldout"), trainer.source.num_classes,
-                                   trainer.objective, state.objective, trainer.config)
+def evaluate(trainer: Trainer, state: TrainState, writer=None, workdir: Optional[str] = None,
+             epoch: Optional[int] = None) -> dict[str, Any]:
+  """Held-out clustering per head and kNN of backbone features (`pretraining_eval`).
+
+  With a `writer`, also logs the results as `eval/*` scalars at the state's step
+  and draws each head's exemplar grid (TensorBoard and `<workdir>/pictures/`).
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  results, drawn = pretraining_eval.evaluate_model(
+      trainer.model, variables, trainer.objective, state.objective, trainer.source,
+      trainer.config, trainer.mesh, draw=writer is not None)
+  if writer is not None:
+    step = int(state.step)
+    writer.write_scalars(step, pretraining_eval.flat_scalars(results, "eval"))
+    if jax.process_index() == 0:
+      pictures.write(writer, workdir, step, drawn, tag=f"epoch{epoch:04d}")
+    logging.info("epoch %d eval: %s", epoch, pretraining_eval.summary(results))
+  return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -291,16 +284,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           if step % spe == 0:
             state, epoch_metrics = trainer.end_epoch(state)
             epoch_metrics = jax.device_get(epoch_metrics)
-            done_epoch = step // spe - 1
+            done_epoch = step // spe - 1  # 0: the initialization scan
             collapsed = collapse.end_epoch(done_epoch, epoch_metrics)
             writer.write_scalars(step, {**{f"clusters/{k}": v for k, v in epoch_metrics.items()},
                                         **{f"clusters/collapse/{k}": v
                                            for k, v in collapsed.items()}})
-            if (config.eval_every_epochs and done_epoch > 0 and step < total
+            pretraining_eval.write_cluster_sizes(writer, workdir, step, f"epoch{done_epoch:04d}",
+                                                 trainer.objective, state.objective,
+                                                 source.num_train)
+            if (config.eval_every_epochs and step < total
                 and done_epoch % config.eval_every_epochs == 0):
-              results = evaluate(trainer, state)
-              writer.write_scalars(step, _flat_scalars(results, "eval"))
-              logging.info("epoch %d eval: %s", done_epoch, _summary(results))
+              evaluate(trainer, state, writer, workdir, done_epoch)
           preempted = preemption.reached(step)
           if preempted or step % config.checkpoint_every_steps == 0 or step == end:
             nonfinite.check(step, ckpt, state)  # a NaN state is never saved
@@ -314,8 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       ckpt.wait()
   if step < total:
     return state
-  results = evaluate(trainer, state)
-  writer.write_scalars(step, _flat_scalars(results, "eval"))
+  results = evaluate(trainer, state, writer, workdir, config.num_epochs)
   writer.flush()
   results["collapse"] = {k: collapse.state[k] for k in ("num_warnings", "recent_warnings")}
   metrics_path = checkpointing.resolve(workdir) / "final_metrics.json"
@@ -325,18 +318,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return state
 
 
-def _flat_scalars(tree: dict, prefix: str) -> dict[str, float]:
-  flat = flax.traverse_util.flatten_dict(tree, sep="/")
-  return {f"{prefix}/{k}": v for k, v in flat.items() if isinstance(v, (int, float))}
-
-
 def _flat_hparams(config) -> dict[str, Any]:
   flat = flax.traverse_util.flatten_dict(config.to_dict(), sep=".")
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
-
-
-def _summary(results: dict) -> str:
-  parts = [f"knn_top1 {results['knn_top1']:.4f}"]
-  for name, head in results["heads"].items():
-    parts.append(f"{name}: acc {head['acc']:.4f} nmi {head['nmi']:.4f}")
-  return ", ".join(parts)

@@ -27,9 +27,12 @@ def get_config():
   c.model.embed_dim = 64
 
   c.objective.num_clusters = (10, 20, 40)   # the head with K = 10 is the evaluated one
-  c.objective.temperature = 0.1
+  c.objective.temperature = 0.1             # supp. 2.1's two-view 0.05 collapsed here (ACC 0.29)
   c.objective.min_size_ratio = 0.9         # balanced data (supp. Sec. 2.4)
-  c.objective.dual_lr = 0.1                 # supp. Sec. 2.4 for K <= 200
+  # supp. 2.4 uses 0.1 with 390 steps per epoch (CIFAR, batch 128); digits has 12, so the
+  # duals would move ~30x less per epoch and clusters starve (measured: ACC 0.72 at 0.1,
+  # 0.95 at 1-2, docs/evaluation.md).
+  c.objective.dual_lr = 2.0
   c.objective.alpha = 0.2
 
   c.optimizer.name = "sgd"                  # supp. Sec. 2.4
@@ -37,7 +40,7 @@ def get_config():
   c.optimizer.warmup_epochs = 5
   c.optimizer.weight_decay = 5e-4
   c.global_batch_size = 128                 # supp. Sec. 2.4
-  c.num_epochs = 100
+  c.num_epochs = 200                        # seed 0: ACC 0.953 at 150 epochs, 0.961 at 200
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.eval_every_epochs = 25

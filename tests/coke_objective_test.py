@@ -187,7 +187,7 @@ class CoKeObjectiveTest(absltest.TestCase):
     heads = obj.init(jax.random.PRNGKey(3))
     self.assertEqual(heads[0].avg_label_ids.shape, (n, 5))
     rng = np.random.default_rng(5)
-    history, center_history, averaged = [], [], None
+    history, averaged = [], None
     for epoch in range(5):  # 0 is the scan; epochs 2, 3, 4 are the second stage
       x = _unit(rng.normal(size=(1, n, 4))).astype(np.float32)
       centers_before = np.asarray(heads[0].centers)

@@ -52,7 +52,9 @@ def random_erase(image: tf.Tensor, seed: tf.Tensor, prob: float, size: int) -> t
   """With probability `prob`, zero a random size x size square (cutout)."""
   s_apply, s_pos = _split(seed, 2)
   h, w = image.shape[0], image.shape[1]
-  pos = tf.random.stateless_uniform([2], s_pos, 0, [h - size + 1, w - size + 1], dtype=tf.int32)
+  s_row, s_col = _split(s_pos, 2)  # integer draws take scalar bounds only
+  pos = (tf.random.stateless_uniform([], s_row, 0, h - size + 1, dtype=tf.int32),
+         tf.random.stateless_uniform([], s_col, 0, w - size + 1, dtype=tf.int32))
   rows = tf.range(h)[:, None, None]
   cols = tf.range(w)[None, :, None]
   inside = ((rows >= pos[0]) & (rows < pos[0] + size) & (cols >= pos[1]) & (cols < pos[1] + size))

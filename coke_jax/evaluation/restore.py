@@ -1,0 +1,98 @@
+"""Reading parts of a pretraining checkpoint for evaluation.
+
+Evaluation restores only what it needs from `<pretrain_workdir>/checkpoints`:
+the backbone's params and BatchNorm statistics for the linear probe, and
+additionally the heads and the clustering state for kNN/clustering. The
+optimizer state and everything else are never read. Arrays come back
+replicated on the evaluation's mesh, whatever the number of devices or hosts
+that wrote them (Orbax reshards on read). The checkpoint is opened read-only.
+"""
+
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+import tensorflow as tf
+
+from coke_jax import checkpointing
+from coke_jax import sharding
+
+
+class MissingCheckpointError(FileNotFoundError):
+  """The pretraining workdir holds no checkpoint."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """`<workdir>/checkpoints`, absolute for local paths (Orbax needs it), as is for gs:// etc."""
+  workdir = workdir if "://" in workdir else os.path.abspath(workdir)
+  return os.path.join(workdir, "checkpoints")
+
+
+def _manager(pretrain_workdir: str) -> ocp.CheckpointManager:
+  directory = checkpoint_dir(pretrain_workdir)
+  if not tf.io.gfile.isdir(directory):
+    raise MissingCheckpointError(
+        f"No pretraining checkpoints in {directory}. Pass the --workdir of a pretraining run "
+        "as --pretrain_workdir (it has a checkpoints/ folder).")
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()})
+
+
+def check_compatible(meta: dict[str, Any], config: ml_collections.ConfigDict, num_train: int,
+                     keys: Sequence[str], directory: str):
+  """Fails with the differing settings if the checkpoint's `meta` disagrees with `config` on `keys`.
+
+  Keys are those of `checkpointing.fingerprint`, e.g. "model"; "model.backbone"
+  style sub-keys compare one entry of a section.
+  """
+  expected = checkpointing.fingerprint(config, num_train)
+  diffs = []
+  for key in keys:
+    section, _, entry = key.partition(".") if key.startswith("model.") else (key, "", "")
+    got, want = meta.get(section), expected.get(section)
+    if entry:
+      got, want = (got or {}).get(entry), (want or {}).get(entry)
+    if got != want:
+      diffs.append(f"{key}: checkpoint {got!r} vs config {want!r}")
+  if diffs:
+    raise checkpointing.IncompatibleCheckpointError(
+        f"The checkpoint in {directory} was written with other settings than the evaluation "
+        f"config ({'; '.join(diffs)}). Pass the pretraining run's config (and its --config.* "
+        "overrides) to the evaluation.")
+
+
+def restore(pretrain_workdir: str, target: dict[str, Any], mesh, config, num_train: int,
+            compare: Sequence[str], step: Optional[int] = None) -> tuple[dict[str, Any], int]:
+  """Restores the entries of `target` from a pretraining checkpoint, replicated on `mesh`.
+
+  Args:
+    pretrain_workdir: the pretraining run's --workdir.
+    target: a sub-tree of the saved TrainState's fields, e.g. {"params": {"backbone": ...},
+      "batch_stats": {"backbone": ...}}, with arrays or jax.ShapeDtypeStructs as leaves;
+      only these leaves are read.
+    config, num_train: the evaluation's config and training-set size, checked against the
+      checkpoint's settings on the `compare` keys first.
+    step: the checkpoint step; None for the latest.
+  Returns:
+    (the restored tree, the step it came from).
+  """
+  manager = _manager(pretrain_workdir)
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise MissingCheckpointError(
+        f"No checkpoint {'at all' if step is None else f'at step {step}'} in "
+        f"{manager.directory}; it holds steps {list(manager.all_steps())}.")
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  check_compatible(meta, config, num_train, compare, str(manager.directory))
+  replicated = sharding.replicated(mesh)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), target)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True)))["state"]
+  manager.close()
+  return restored, step
