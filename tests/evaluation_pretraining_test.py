@@ -113,7 +113,10 @@ class PeriodicEvaluationTest(absltest.TestCase):
     eval_dir = self.create_tempdir().full_path
     results = checkpoint_eval.evaluate_checkpoint(self.config, eval_dir, self.workdir)
     self.assertEqual(results.pop("step"), 18)
-    self.assertEqual(results, self.final)
+    # The final metrics also carry the run's collapse-warning history, which is a record of
+    # training, not a function of the checkpoint; everything else must be reproduced.
+    self.assertIn("collapse", self.final)
+    self.assertEqual(results, {k: v for k, v in self.final.items() if k != "collapse"})
     with open(os.path.join(eval_dir, "eval_metrics.json")) as f:
       self.assertEqual(json.load(f)["heads"], self.final["heads"])
     self.assertLen(glob.glob(os.path.join(eval_dir, "pictures", "*_step18.png")), 4)
