@@ -112,20 +112,25 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, objecti
   epoch = state.step // steps_per_epoch
 
   def forward(params):
-    batch_stats, outputs = state.batch_stats, {}
+    view_stats, outputs = [], {}
     for key, suffix in (("images", ""), ("small_images", "_small")):
       if key not in batch:
         continue
 
-      def one_view(batch_stats, images):
-        out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, images,
+      def one_view(images):
+        out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
                                    train=True, mutable=["batch_stats"])
         return mutated["batch_stats"], {k: out[k] for k in ("proj", "pred") if k in out}
 
-      # Each view is its own BatchNorm batch (as separate forward passes in the official
-      # code); scanning over views compiles the network once for all of them.
-      batch_stats, outs = jax.lax.scan(one_view, batch_stats, jnp.moveaxis(batch[key], 1, 0))
+      # Each view is its own BatchNorm batch, as separate forward passes in the official
+      # code; vmap runs all views as one pass over [V * b] images, with statistics per view
+      # (a scan over views ran 1.6x slower on a GPU). stats: [V, ...], outs: [V, b, D].
+      stats, outs = jax.vmap(one_view, in_axes=1)(batch[key])
+      view_stats.append(stats)
       outputs.update({k + suffix: v for k, v in outs.items()})
+    # The running statistics move once per step, by the mean of the views' updates.
+    batch_stats = jax.tree_util.tree_map(
+        lambda *s: jnp.mean(jnp.concatenate(s), axis=0), *view_stats)
     per_example, aux = objective.loss(state.objective, outputs, index, epoch)
     loss = sharding.total(jnp.sum(per_example * weight)) / num_real
     aux = {k: sharding.total(jnp.sum(v * weight)) / num_real for k, v in aux.items()}
