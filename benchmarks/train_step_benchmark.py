@@ -1,16 +1,19 @@
 """Times the CoKe train step: per backbone, against fixed targets, and against the label-table size.
 
-  python benchmarks/train_step_benchmark.py --backbones=small_cnn,resnet18 --batch_size=128
+  python -m benchmarks.train_step_benchmark --backbones=small_cnn,resnet18 --batch_size=128
 
-Prints three tables:
-  1. per backbone at its resolution: compile time, median step time, images/s
-     (and the fraction of peak FLOP/s when --peak_tflops is given, e.g. 989 for
-     an H100 SXM at bf16);
+(from the repository root, so that `configs` imports). Prints three tables
+(--tables picks some):
+  1. per backbone at its resolution and per number of views (--num_views):
+     compile time, median step time, examples/s and views/s (and the fraction
+     of peak FLOP/s when --peak_tflops is given, e.g. 989 for an H100 or H200
+     SXM at dense bf16);
   2. the cost of the clustering itself: the CoKe step against the same step
      whose objective keeps its targets fixed (no assignment, duals, centers or
      label writes), at K = --clusters and D = 128;
   3. the step with a label table of 10,000 against one of 10,000,000 examples
      (the tables are donated and updated in place, so this should not matter).
+Tables 2 and 3 use --overhead_backbone with the last of --num_views.
 
 Batches are synthetic (random images and ids) and stay on the device: this
 measures the step, not the input pipeline (see input_pipeline_benchmark.py).
@@ -30,6 +33,7 @@ from coke_jax import models
 from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax import train
+from configs import coke_single_view
 from configs import coke_two_view
 
 _BACKBONES = flags.DEFINE_list("backbones", ["small_cnn", "resnet18", "resnet50"],
@@ -37,7 +41,8 @@ _BACKBONES = flags.DEFINE_list("backbones", ["small_cnn", "resnet18", "resnet50"
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after compilation).")
-_VIEWS = flags.DEFINE_integer("num_views", 2, "Views per example.")
+_VIEWS = flags.DEFINE_list("num_views", ["2"], "Views per example (table 1 runs each).")
+_TABLES = flags.DEFINE_list("tables", ["1", "2", "3"], "Which tables to print.")
 _CLUSTERS = flags.DEFINE_list("clusters", ["3000", "3000", "3000"], "K of each head.")
 _OVERHEAD_BACKBONE = flags.DEFINE_string("overhead_backbone", "resnet18",
                                          "Backbone for tables 2 and 3.")
@@ -57,16 +62,18 @@ class FixedTargets(objectives.CoKe):
     return heads, {}
 
 
-def _config(backbone: str, num_clusters):
-  config = coke_two_view.get_config()
+def _config(backbone: str, num_clusters, num_views: int):
+  """The paper's ImageNet config for this many views (Table 5 or 7) on `backbone`."""
+  config = (coke_single_view if num_views == 1 else coke_two_view).get_config()
   size, channels, kwargs = _RESOLUTION[backbone]
   config.model.backbone = backbone
   config.model.backbone_kwargs = kwargs
   config.model.dtype = _DTYPE.value
   if backbone == "small_cnn":
-    config.model.proj_hidden_dim, config.model.pred_hidden_dim = 256, 256
+    config.model.proj_hidden_dim = 256
+    config.model.pred_hidden_dim = min(config.model.pred_hidden_dim, 256)
   config.objective.num_clusters = tuple(num_clusters)
-  config.num_views = _VIEWS.value
+  config.num_views = num_views
   config.global_batch_size = _BATCH.value
   return config, (size, size, channels)
 
@@ -91,10 +98,13 @@ def time_step(config, image_shape, num_examples: int, objective_cls=objectives.C
       "index": rng.choice(num_examples, b, replace=False).astype(np.int32),
       "weight": np.ones(b, np.float32)}, mesh)
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  lowered = step.lower(state, batch)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
+  # Counted on the lowered program: a GPU's compiled program hides its convolutions in cuDNN
+  # calls that its cost analysis does not count (ResNet-50: 0.11 instead of 6 TFLOP per step).
+  # Some backends count nothing at all (JAX 0.11 on a GPU): the table then says n/a.
+  cost = lowered.cost_analysis()
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
@@ -110,40 +120,47 @@ def time_step(config, image_shape, num_examples: int, objective_cls=objectives.C
 def main(argv):
   del argv
   devices = jax.devices()
+  views = [int(v) for v in _VIEWS.value]
   print(f"# {len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
-        f"batch {_BATCH.value}, {_VIEWS.value} views, {_DTYPE.value}, median of {_STEPS.value}")
-
-  print("\n| backbone | input | compile s | step ms | images/s | TFLOP/step |"
-        + (" % of peak |" if _PEAK.value else ""))
-  print("| --- | --- | --- | --- | --- | --- |" + (" --- |" if _PEAK.value else ""))
+        f"batch {_BATCH.value}, {_DTYPE.value}, median of {_STEPS.value} steps")
   clusters = [int(k) for k in _CLUSTERS.value]
-  for backbone in _BACKBONES.value:
-    config, shape = _config(backbone, clusters)
-    compile_s, step_s, flops = time_step(config, shape, 1_281_167)
-    row = (f"| {backbone} | {shape[0]}x{shape[1]}x{shape[2]} | {compile_s:.1f} | "
-           f"{step_s * 1e3:.1f} | {_BATCH.value / step_s:,.0f} | {flops / 1e12:.3f} |")
-    if _PEAK.value:
-      # cost_analysis counts the per-device program; all devices run one each.
-      row += f" {100 * flops / step_s / (_PEAK.value * 1e12):.1f} |"
-    print(row, flush=True)
 
-  config, shape = _config(_OVERHEAD_BACKBONE.value, clusters)
-  print(f"\nClustering cost ({_OVERHEAD_BACKBONE.value}, K = {'+'.join(_CLUSTERS.value)}, "
-        f"D = {config.model.embed_dim}, N = 1,281,167)")
-  print("| step | step ms | vs fixed targets |")
-  print("| --- | --- | --- |")
-  _, fixed, _ = time_step(config, shape, 1_281_167, FixedTargets)
-  _, coke, _ = time_step(config, shape, 1_281_167)
-  print(f"| fixed targets | {fixed * 1e3:.1f} | |")
-  print(f"| CoKe | {coke * 1e3:.1f} | {100 * (coke / fixed - 1):+.1f}% |", flush=True)
+  if "1" in _TABLES.value:
+    print("\n| backbone | input | views | compile s | step ms | examples/s | views/s | "
+          "TFLOP per device-step |" + (" % of peak |" if _PEAK.value else ""))
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if _PEAK.value else ""))
+    for backbone in _BACKBONES.value:
+      for num_views in views:
+        config, shape = _config(backbone, clusters, num_views)
+        compile_s, step_s, flops = time_step(config, shape, 1_281_167)
+        row = (f"| {backbone} | {shape[0]}x{shape[1]}x{shape[2]} | {num_views} | "
+               f"{compile_s:.1f} | {step_s * 1e3:.1f} | {_BATCH.value / step_s:,.0f} | "
+               f"{num_views * _BATCH.value / step_s:,.0f} | "
+               + (f"{flops / 1e12:.3f} |" if flops else "n/a |"))
+        if _PEAK.value:
+          # cost_analysis counts the per-device program; all devices run one each.
+          row += (f" {100 * flops / step_s / (_PEAK.value * 1e12):.1f} |" if flops else " n/a |")
+        print(row, flush=True)
 
-  print(f"\nLabel-table size ({_OVERHEAD_BACKBONE.value})")
-  print("| N (examples) | label tables MB | step ms |")
-  print("| --- | --- | --- |")
-  for n in (10_000, 10_000_000):
-    _, step_s, _ = time_step(config, shape, n)
-    table_mb = 2 * len(clusters) * n * 4 / 2**20
-    print(f"| {n:,} | {table_mb:,.0f} | {step_s * 1e3:.1f} |", flush=True)
+  config, shape = _config(_OVERHEAD_BACKBONE.value, clusters, views[-1])
+  if "2" in _TABLES.value:
+    print(f"\nClustering cost ({_OVERHEAD_BACKBONE.value}, {views[-1]} views, "
+          f"K = {'+'.join(_CLUSTERS.value)}, D = {config.model.embed_dim}, N = 1,281,167)")
+    print("| step | step ms | vs fixed targets |")
+    print("| --- | --- | --- |")
+    _, fixed, _ = time_step(config, shape, 1_281_167, FixedTargets)
+    _, coke, _ = time_step(config, shape, 1_281_167)
+    print(f"| fixed targets | {fixed * 1e3:.1f} | |")
+    print(f"| CoKe | {coke * 1e3:.1f} | {100 * (coke / fixed - 1):+.1f}% |", flush=True)
+
+  if "3" in _TABLES.value:
+    print(f"\nLabel-table size ({_OVERHEAD_BACKBONE.value}, {views[-1]} views)")
+    print("| N (examples) | label tables MB | step ms |")
+    print("| --- | --- | --- |")
+    for n in (10_000, 10_000_000):
+      _, step_s, _ = time_step(config, shape, n)
+      table_mb = 2 * len(clusters) * n * 4 / 2**20
+      print(f"| {n:,} | {table_mb:,.0f} | {step_s * 1e3:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
