@@ -37,7 +37,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard "
                                "summaries and final_metrics.json (shared by all hosts: a GCS "
-                               "bucket or a shared filesystem).")
+                               "bucket or a shared filesystem). Default: workdirs/<config "
+                               "name>, or workdirs/<config name>_<mode> in the eval modes.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "linear_eval"],
                           "train: pretrain (and evaluate at the end); eval / linear_eval: "
                           "evaluate the checkpoint in --pretrain_workdir.")
@@ -48,7 +49,7 @@ _COORDINATOR = flags.DEFINE_string(
     "passes worker 0's). Not needed under SLURM or Open MPI, whose layout JAX reads itself.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL of sysexits.h: try again (resume) later.
 # Errors whose message says what was wrong and what to do: shown without a traceback.
@@ -57,10 +58,15 @@ _USER_ERRORS = (checkpointing.IncompatibleCheckpointError, sources.MissingDataEr
 
 
 class _QuietLibraries:
-  """Drops INFO records of Orbax's and TF's internals, which would drown the progress lines."""
+  """Drops INFO records that would drown the progress lines: Orbax's and TF's internals, and
+  clu's console echo of histograms and images (dozens of lines an epoch; TensorBoard has them)."""
 
   def filter(self, record) -> bool:
-    return record.levelno > 20 or not any(
+    if record.levelno > 20:
+      return True
+    if "/clu/" in record.pathname:
+      return not any(part in str(record.msg) for part in ("Histogram for", "Got images"))
+    return not any(
         part in record.pathname for part in ("/orbax/", "/tensorflow/", "/tensorflow_datasets/"))
 
 
@@ -82,6 +88,11 @@ def initialize_distributed():
     jax.distributed.initialize(**explicit)
 
 
+def default_workdir(config_path: str, mode: str) -> str:
+  name = os.path.splitext(os.path.basename(config_path))[0]
+  return os.path.join("workdirs", name if mode == "train" else f"{name}_{mode}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -97,13 +108,16 @@ def main(argv):
   if _MODE.value != "train" and not _PRETRAIN_WORKDIR.value:
     raise app.UsageError(f"--mode={_MODE.value} needs --pretrain_workdir (the pretraining run's "
                          "--workdir, which holds its checkpoints).")
+  workdir = _WORKDIR.value or default_workdir(
+      config_flags.get_config_filename(flags.FLAGS["config"]), _MODE.value)
+  logging.info("Workdir: %s", workdir)
   try:
     if _MODE.value == "train":
-      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      train.train_and_evaluate(_CONFIG.value, workdir)
     elif _MODE.value == "eval":
-      checkpoint_eval.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _PRETRAIN_WORKDIR.value)
+      checkpoint_eval.evaluate_checkpoint(_CONFIG.value, workdir, _PRETRAIN_WORKDIR.value)
     else:
-      linear_probe.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _PRETRAIN_WORKDIR.value)
+      linear_probe.train_and_evaluate(_CONFIG.value, workdir, _PRETRAIN_WORKDIR.value)
   except checkpointing.Preempted as e:
     logging.warning("%s", e)
     return PREEMPTED_EXIT_CODE

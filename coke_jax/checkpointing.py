@@ -25,11 +25,13 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-# Config entries that must match for a checkpoint to be resumed.
+# Config entries that must match for a checkpoint to be resumed: those that fix the state's
+# shapes and meaning, and those that map a step to its epoch and its examples (another batch
+# size or seed mid-epoch would label some examples twice and others never).
 _FINGERPRINT_KEYS = ("dataset.name", "dataset.image_size", "model", "objective.name",
                      "objective.num_clusters", "objective.average_after_epoch",
                      "objective.avg_label_size", "num_views", "num_small_views",
-                     "optimizer.name")
+                     "optimizer.name", "global_batch_size", "seed")
 
 
 def fingerprint(config, num_train: int) -> dict[str, Any]:

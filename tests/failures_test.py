@@ -79,6 +79,20 @@ class MainFailuresTest(absltest.TestCase):
     self.assertIn("tfds build imagenet2012", out)
     self.assertNotIn("Traceback", out)
 
+  def test_the_designs_two_view_command_needs_no_workdir_to_say_what_data_is_missing(self):
+    # `python main.py --config=configs/coke_two_view.py`, with an empty data_dir so that a
+    # machine holding ImageNet does not start training here.
+    data_dir = self.create_tempdir().full_path
+    run = main_runs.MainRun(["--config=configs/coke_two_view.py",
+                             f"--config.dataset.data_dir={data_dir}"],
+                            os.path.join(self.create_tempdir().full_path, "main.log"))
+    self.addCleanup(run.stop)
+    self.assertEqual(run.wait(), 1, run.output()[-3000:])
+    out = run.output()
+    self.assertIn("Workdir: workdirs/coke_two_view", out)
+    self.assertIn("MissingDataError: The TFDS dataset 'imagenet2012' is not prepared", out)
+    self.assertIn("tfds build imagenet2012", out)
+
   def test_incompatible_checkpoint(self):
     out, _ = self._fail("--config.objective.num_clusters=(10, 20)")
     self.assertIn("IncompatibleCheckpointError", out)
@@ -95,7 +109,7 @@ class MainFailuresTest(absltest.TestCase):
 
 
 class IncompatibleCheckpointTest(absltest.TestCase):
-  """Another N (the dataset split) or another model is refused like another K (above)."""
+  """Another N (the dataset split), model, batch size or seed is refused like another K (above)."""
 
   def test_other_num_examples_or_model(self):
     workdir = self.create_tempdir().full_path
@@ -107,7 +121,9 @@ class IncompatibleCheckpointTest(absltest.TestCase):
     for key, value, diff in (
         ("dataset.holdout_fraction", 0.3, "num_train_examples: checkpoint 1438 vs config"),
         ("model.embed_dim", 32, "'embed_dim': 16"),
-        ("model.backbone", "resnet18", "'backbone': 'small_cnn'")):
+        ("model.backbone", "resnet18", "'backbone': 'small_cnn'"),
+        ("global_batch_size", 128, "global_batch_size: checkpoint 256 vs config 128"),
+        ("seed", 1, "seed: checkpoint 0 vs config 1")):
       other = testing.smoke_config(**{key: value})
       num_train = sources.get_source(other.dataset).num_train
       with self.assertRaisesRegex(checkpointing.IncompatibleCheckpointError, diff):
