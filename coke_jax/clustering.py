@@ -146,7 +146,8 @@ def dual_update(dual: jax.Array, counts: jax.Array, batch_weight: jax.Array,
   constraint of Eq. 5 must hold with equality, and the dual of an equality
   constraint is free: rho is then not projected, as in the official code at
   ratio 1. This lets an over-full cluster's rho fall below 0 and roughly
-  halves the violation at gamma' = 1 (docs/clustering.md).
+  halves the violation at gamma' = 1 (docs/clustering.md). With an l1 radius
+  `tau` the full projection of Eq. 9 is always applied.
 
   Args:
     dual: rho, [K].
@@ -158,8 +159,11 @@ def dual_update(dual: jax.Array, counts: jax.Array, batch_weight: jax.Array,
   """
   grad = counts / jnp.maximum(batch_weight, 1.0) - min_size_frac
   rho = dual - lr * grad
-  balanced = jnp.sum(jnp.broadcast_to(min_size_frac, dual.shape)) >= 1.0 - 1e-4
-  rho = jnp.where(balanced, rho, project_dual(rho, tau))
+  if tau is None:  # the simplified update; with an l1 ball (tau) Eq. 9 always projects
+    balanced = jnp.sum(jnp.broadcast_to(min_size_frac, dual.shape)) >= 1.0 - 1e-4
+    rho = jnp.where(balanced, rho, project_dual(rho))
+  else:
+    rho = project_dual(rho, tau)
   # An all-padding batch (b = 0) carries no information and leaves rho as is.
   return jnp.where(batch_weight > 0, rho, dual)
 

@@ -61,6 +61,9 @@ class AssignmentTest(absltest.TestCase):
     np.testing.assert_allclose(dual, [-0.5, 0.5])
     dual = clustering.dual_update(jnp.zeros(2), counts, 4.0, 0.45, lr=1.0)
     np.testing.assert_allclose(dual, [0.0, 0.45])
+    # With an l1 radius tau the full projection of Eq. 9 applies even when balanced.
+    dual = clustering.dual_update(jnp.zeros(2), counts, 4.0, 0.5, lr=1.0, tau=0.2)
+    np.testing.assert_allclose(dual, [0.0, 0.2])
 
   def test_padding_rows_do_not_count(self):
     counts = clustering.cluster_counts(jnp.array([0, 1, 1]), jnp.array([1.0, 1.0, 0.0]), 2)
