@@ -19,11 +19,12 @@ def get_config(num_classes: int = 10, dataset: str = "cifar10"):
 
   c.model.backbone = "resnet18"              # supp. 2.4: the same ResNet-18 as SCAN
   c.model.backbone_kwargs.cifar_stem = True  # 3x3 stem, no max-pool for 32x32 inputs
-  c.model.backbone_kwargs.zero_init_last_bn = False
+  c.model.backbone_kwargs.zero_init_last_bn = False  # torchvision's ResNet-18 default
   c.model.proj_hidden_dim = 512              # official code: MLP width = backbone width
   c.model.proj_layers = 3                    # as the two-view ImageNet setting (supp. 2.1)
   c.model.embed_dim = 128                    # supp. 2.1
   c.model.pred_hidden_dim = 512              # 2-layer prediction MLP (supp. 2.1)
+  c.model.dtype = "bfloat16"                 # mixed precision on GPU/TPU (official code: AMP)
 
   c.objective.num_clusters = tuple(num_classes * k for k in range(1, 11))  # supp. 2.4
   c.objective.temperature = 0.05             # supp. 2.1 (two views)

@@ -19,7 +19,10 @@ def get_config():
   c.dataset.name = "imagenet2012"
   c.dataset.data_dir = ""                    # set to where `tfds build imagenet2012` wrote it
   c.num_views = 1                            # Table 5: #View = 1
-  c.augment.blur_prob = (0.5,)               # SimCLR/MoCo-v2 single-view recipe (B.1)
+  # B.1: "the same augmentation as in [SwAV, SimCLR]"; official main_single_view.py: crop
+  # 0.08-1, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5, flip.
+  c.augment.jitter = (0.8, 0.8, 0.8, 0.2)
+  c.augment.blur_prob = (0.5,)
   c.augment.solarize_prob = (0.0,)
 
   c.model.backbone = "resnet50"              # B.1

@@ -24,9 +24,12 @@ def get_config():
   c.linear_eval.eval_every_epochs = 10
   c.linear_eval.log_every_steps = 100
   # Train views: random resized crop and horizontal flip only (official eval_lincls.py).
-  # The natural-image transforms and their keys belong to the TFDS input pipeline
-  # (issue 4); until it lands this copies the pretraining section, and a run stops
-  # at the data source with a message saying how to prepare ImageNet.
   c.linear_eval.augment = c.augment.copy_and_resolve_references()
+  c.linear_eval.augment.crop_scale = (0.08, 1.0)   # torchvision RandomResizedCrop default
+  c.linear_eval.augment.flip_prob = 0.5
+  c.linear_eval.augment.jitter_prob = 0.0
+  c.linear_eval.augment.grayscale_prob = 0.0
+  c.linear_eval.augment.blur_prob = (0.0,)
+  c.linear_eval.augment.solarize_prob = (0.0,)
   c.eval_batch_size = 1024
   return c

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from coke_jax import models
 from coke_jax import sharding
 from coke_jax import train
+from coke_jax.data import augment
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
 from tests import fake_tfds
@@ -91,6 +92,20 @@ class ConfigsTest(parameterized.TestCase):
                      (1024, 0.05, 0.2, 20.0, 0.4))
     self.assertEqual((c.optimizer.name, c.optimizer.learning_rate, c.optimizer.warmup_epochs),
                      ("lars", 1.6, 10))
+
+  def test_imagenet_linear_probe_trains_on_crop_and_flip_only(self):
+    aug = importlib.import_module("configs.linear_eval_imagenet").get_config().linear_eval.augment
+    (view,), small = augment.view_specs(aug, num_views=1, num_small_views=0, image_size=224)
+    self.assertEqual(small, [])
+    self.assertEqual((view.crop_scale, view.flip_prob), ((0.08, 1.0), 0.5))
+    self.assertEqual((view.jitter_prob, view.grayscale_prob, view.blur_prob,
+                      view.solarize_prob), (0.0, 0.0, 0.0, 0.0))
+
+  def test_single_view_uses_the_simclr_recipe_of_the_official_code(self):
+    aug = importlib.import_module("configs.coke_single_view").get_config().augment
+    (view,), _ = augment.view_specs(aug, num_views=1, num_small_views=0, image_size=224)
+    self.assertEqual((view.jitter, view.jitter_prob, view.grayscale_prob, view.blur_prob,
+                      view.solarize_prob), ((0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5, 0.0))
 
   def test_two_view_model_initializes(self):
     c = importlib.import_module("configs.coke_two_view").get_config()
