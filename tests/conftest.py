@@ -1,13 +1,6 @@
-"""Test-wide setup: 8 virtual CPU devices (before JAX is imported) and quiet TensorFlow."""
+"""pytest setup; the devices and environment are set in tests/__init__.py, imported first."""
 
-import os
-
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
 
 # absltest helpers (create_tempdir) read absl flags, which pytest does not parse.
 flags.FLAGS.mark_as_parsed()

@@ -11,6 +11,8 @@ from scipy import ndimage
 import tensorflow as tf
 
 from coke_jax.data import augment
+from coke_jax.data import show_augmentations
+from coke_jax.data import sources
 from tests import testing
 
 
@@ -167,6 +169,24 @@ class ViewTest(absltest.TestCase):
     image = (np.random.default_rng(0).uniform(size=(256, 320, 3)) * 255).astype(np.uint8)
     ours = augment.center_view(tf.constant(image), 224, 0.875).numpy()
     np.testing.assert_allclose(ours * 255, image[16:240, 48:272], atol=1e-3)
+
+
+class ShowAugmentationsTest(absltest.TestCase):
+
+  def test_grid_holds_each_original_then_its_views(self):
+    config = testing.smoke_config()
+    image = show_augmentations.render(config, num_examples=3, epoch=1, min_cell=16)
+    cell, gap = 16, 2  # 8x8 digits zoomed 2x
+    self.assertEqual(image.shape, (3 * (cell + gap) + gap, 3 * (cell + gap) + gap, 3))
+    self.assertEqual(image.dtype, np.uint8)
+    cells = [[image[gap + r * (cell + gap):][:cell, gap + c * (cell + gap):][:, :cell, 0]
+              for c in range(3)] for r in range(3)]
+    source = sources.get_source(config.dataset)
+    digits = source.lookup("train", np.arange(source.num_train))["image"][..., 0]  # [N, 8, 8]
+    for row in cells:
+      original = row[0][::2, ::2] / 255.0
+      self.assertLess(np.min(np.abs(digits - original).max(axis=(1, 2))), 1e-2)
+      self.assertGreater(np.abs(row[1].astype(int) - row[2]).max(), 0)  # two different views
 
 
 if __name__ == "__main__":
