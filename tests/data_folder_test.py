@@ -77,6 +77,14 @@ class ImageFolderTest(absltest.TestCase):
     self.assertIn("broken.jpg", message)
     self.assertIn("truncated.jpg", message)
 
+  def test_bad_files_are_reported_when_the_consumer_stops_early(self):
+    config = self._config(global_batch_size=13)  # one batch holds the whole epoch
+    batches = input_pipeline.train_batches(sources.get_source(config.dataset), config, 0)
+    with self.assertLogs(level="WARNING") as logs:
+      next(batches)
+      batches.close()  # what a `break` out of the trainer's loop does to the generator
+    self.assertIn("2 image(s) could not be decoded", "\n".join(logs.output))
+
   def test_flat_unlabeled_folder(self):
     flat = self.create_tempdir().full_path
     _write_images(flat, 4)

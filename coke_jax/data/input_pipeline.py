@@ -94,18 +94,21 @@ def _finish(example: dict, views: dict) -> dict:
 
 
 def _batches(ds: tf.data.Dataset, batch_size: int, source, split: str, what: str):
-  """Batches as numpy dicts; logs the examples that could not be decoded once the stream ends."""
+  """Batches as numpy dicts; logs the examples that could not be decoded when the stream ends
+  or its consumer stops early (the trainer leaves the last epoch's loop with a `break`)."""
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(2).with_options(options)
   bad = []
-  for batch in ds.as_numpy_iterator():
-    bad.extend(batch["index"][batch.pop("bad")].tolist())
-    yield batch
-  if bad:
-    names = ", ".join(source.describe(split, i) for i in bad[:10])
-    logging.warning("%s: %d image(s) could not be decoded and were skipped (weight 0): %s%s",
-                    what, len(bad), names, ", ..." if len(bad) > 10 else "")
+  try:
+    for batch in ds.as_numpy_iterator():
+      bad.extend(batch["index"][batch.pop("bad")].tolist())
+      yield batch
+  finally:
+    if bad:
+      names = ", ".join(source.describe(split, i) for i in bad[:10])
+      logging.warning("%s: %d image(s) could not be decoded and were skipped (weight 0): %s%s",
+                      what, len(bad), names, ", ..." if len(bad) > 10 else "")
 
 
 def train_batches(source, config, epoch: int, start_step: int = 0, process_index: int = 0,
