@@ -1,6 +1,6 @@
 """Digits quality over seeds: pretraining + kNN/clustering + linear probe, with their times.
 
-  python benchmarks/digits_quality.py --seeds 0 1 2 --workdir /tmp/digits_quality
+  python -m benchmarks.digits_quality --seeds 0 1 2 --workdir /tmp/digits_quality
 
 Per seed s it runs exactly
   python main.py --config=configs/digits.py --workdir=<w>/seed<s> --config.seed=<s>

@@ -1,6 +1,6 @@
 """Weighted kNN (k = 20 and 200) throughput and memory on synthetic features.
 
-  python benchmarks/knn_benchmark.py [--bank 100000 --dim 512 --queries 10000]
+  python -m benchmarks.knn_benchmark [--bank 100000 --dim 512 --queries 10000]
 
 `metrics.knn_rank` streams the train bank through the device in chunks, so the
 device holds one chunk, the queries and their running top-200, never a

@@ -1,6 +1,6 @@
 """The per-step cost of the NaN/inf watch (`monitor.NonFiniteCheck.note`) in the training loop.
 
-  python benchmarks/monitor_overhead.py --steps=30 --repeats=5
+  python -m benchmarks.monitor_overhead --steps=30 --repeats=5
 
 Times the smoke config's learning step on all local devices, with and without
 noting its metrics after each step (the note itself never waits for the
