@@ -20,6 +20,7 @@ setuptools.setup(
         "numpy>=1.26",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
+        "pillow>=10",                  # the pictures of coke_jax/evaluation/pictures.py
         "scikit-learn>=1.4",
         "scipy>=1.11",
         "tensorboard>=2.16",
@@ -27,5 +28,5 @@ setuptools.setup(
         "tensorflow>=2.16; platform_machine!='x86_64'",
         "tensorflow-datasets>=4.9.4",
     ],
-    extras_require={"test": ["pytest>=8", "pillow>=10"]},
+    extras_require={"test": ["pytest>=8"]},
 )
