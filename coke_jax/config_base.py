@@ -29,6 +29,9 @@ def default_config() -> config_dict.ConfigDict:
   c.dataset.shuffle_buffer = 50_000    # TFDS: records (still encoded) in the shuffle buffer
   c.dataset.holdout_fraction = 0.2     # digits: share of images held out for evaluation
   c.dataset.split_seed = 0             # digits: fixed, independent of `seed`
+  # digits: > 0 evaluates on this share of the training images instead of the held-out split
+  # (which is then never read): tune settings here, report on the held-out split.
+  c.dataset.validation_fraction = 0.0
 
   c.num_views = 2                      # views per example for the loss and assignment (Eq. 15)
   c.num_small_views = 0                # multi-crop: small views per example (supp. 2.1: 6 x 96)

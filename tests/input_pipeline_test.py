@@ -3,6 +3,7 @@
 from absl.testing import absltest
 import numpy as np
 
+from coke_jax.data import digits
 from coke_jax.data import input_pipeline
 from tests import testing
 
@@ -83,6 +84,22 @@ class EvalBatchesTest(absltest.TestCase):
       w = np.concatenate([b["weight"] for b in part])
       images.append(np.concatenate([b["images"] for b in part])[w > 0])
     np.testing.assert_array_equal(np.concatenate(images), source.heldout_images)
+
+
+class DigitsSplitTest(absltest.TestCase):
+
+  def test_validation_comes_from_train_and_never_touches_the_heldout_split(self):
+    key = lambda split: {x.tobytes() for x in split.images}
+    train, heldout = digits.load(0.2, split_seed=0)
+    self.assertEqual((len(train.labels), len(heldout.labels)), (1438, 359))
+    self.assertEqual(np.bincount(heldout.labels).min(), 35)  # stratified: every class ~20%
+    fit, validation = digits.load(0.2, split_seed=0, validation_fraction=0.2)
+    self.assertEqual(len(fit.labels) + len(validation.labels), 1438)
+    self.assertEqual(key(fit) | key(validation), key(train))
+    self.assertFalse(key(validation) & key(heldout))
+    self.assertEqual(np.bincount(validation.labels).min(), 28)
+    with self.assertRaisesRegex(ValueError, "validation_fraction is 1.0"):
+      digits.load(0.2, validation_fraction=1.0)
 
 
 if __name__ == "__main__":

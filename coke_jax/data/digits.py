@@ -17,16 +17,38 @@ class Split(NamedTuple):
   labels: np.ndarray  # [N] int32, used only by evaluation
 
 
-def load(holdout_fraction: float = 0.2, split_seed: int = 0) -> tuple[Split, Split]:
-  """(train, held-out), stratified by class so both splits keep the class balance."""
+def _stratified_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """A boolean mask selecting round(fraction * n_c) random members of every class c."""
+  rng = np.random.default_rng(seed)
+  mask = np.zeros(len(labels), bool)
+  for c in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    mask[members[:int(round(fraction * len(members)))]] = True
+  return mask
+
+
+def load(holdout_fraction: float = 0.2, split_seed: int = 0,
+         validation_fraction: float = 0.0) -> tuple[Split, Split]:
+  """(train, held-out), stratified by class so both splits keep the class balance.
+
+  With `validation_fraction` > 0, returns (train minus validation, validation)
+  instead: that share of the training images, stratified, stands in for the
+  held-out split, so settings can be tuned without ever scoring the held-out
+  images, which this call then does not return at all.
+  """
   if not 0.0 < holdout_fraction < 1.0:
     raise ValueError(f"dataset.holdout_fraction is {holdout_fraction}; it must be in (0, 1).")
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f"dataset.validation_fraction is {validation_fraction}; it must be in "
+                     "[0, 1) (0: evaluate on the held-out split).")
   digits = sk_datasets.load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]
   labels = digits.target.astype(np.int32)
-  rng = np.random.default_rng(split_seed)
-  holdout = np.zeros(len(labels), bool)
-  for c in np.unique(labels):
-    members = rng.permutation(np.flatnonzero(labels == c))
-    holdout[members[:int(round(holdout_fraction * len(members)))]] = True
-  return (Split(images[~holdout], labels[~holdout]), Split(images[holdout], labels[holdout]))
+  test = _stratified_mask(labels, holdout_fraction, split_seed)
+  train, heldout = ~test, test
+  if validation_fraction:
+    rows = np.flatnonzero(train)
+    heldout = np.zeros_like(test)
+    heldout[rows[_stratified_mask(labels[rows], validation_fraction, split_seed + 1)]] = True
+    train = ~test & ~heldout
+  return Split(images[train], labels[train]), Split(images[heldout], labels[heldout])

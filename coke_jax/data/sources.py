@@ -78,7 +78,8 @@ class InMemorySource(NamedTuple):
 
 
 def _digits(config) -> InMemorySource:
-  train, heldout = digits.load(config.holdout_fraction, config.split_seed)
+  train, heldout = digits.load(config.holdout_fraction, config.split_seed,
+                               config.validation_fraction)
   return InMemorySource("digits", train.images, train.labels, heldout.images, heldout.labels, 10)
 
 
