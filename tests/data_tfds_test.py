@@ -4,6 +4,9 @@ The datasets are small fakes written with TFDS's own writer (tests/fake_tfds.py,
 which says why not `tfds.testing.mock_data`). Nothing touches the network.
 """
 
+import socket
+from unittest import mock
+
 from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
@@ -151,10 +154,16 @@ class TFDSSourceTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "label_key='fine'"):
       sources.get_source(self._config(**{"dataset.label_key": "fine"}).dataset)
 
-  def test_missing_dataset_names_the_fix(self):
+  def test_missing_dataset_names_the_fix_without_the_network(self):
     empty = self.create_tempdir().full_path
     config = self._config("cifar10", **{"dataset.data_dir": empty})
-    with self.assertRaises(sources.MissingDataError) as ctx:
+
+    def no_network(*args, **kwargs):
+      raise AssertionError(f"a TFDS code path reached for the network: {args}")
+
+    with mock.patch.object(socket.socket, "connect", no_network), \
+         mock.patch.object(socket, "getaddrinfo", no_network), \
+         self.assertRaises(sources.MissingDataError) as ctx:
       sources.get_source(config.dataset)
     for needed in ("cifar10", empty, "tfds build cifar10", "--config.dataset.data_dir"):
       self.assertIn(needed, str(ctx.exception))
