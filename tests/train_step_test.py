@@ -5,6 +5,7 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
+from coke_jax import models
 from coke_jax import sharding
 from coke_jax import train
 from coke_jax.data import input_pipeline
@@ -65,6 +66,34 @@ class ShardedStepTest(parameterized.TestCase):
     moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), init.params,
                                    one.params)
     self.assertGreater(max(jax.tree_util.tree_leaves(moved)), 1e-4)
+
+  def test_views_update_batch_norm_as_separate_passes_in_turn(self):
+    # The official code runs a forward pass per view (large views, then small crops); the
+    # step runs them in one vmapped pass, which must give the same outputs and statistics.
+    config = testing.smoke_config(**{"global_batch_size": 8, "num_views": 2,
+                                     "objective.num_clusters": (2, 3)})
+    source = testing.random_source(num_train=8)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    trainer = train.Trainer(config, source, mesh)
+    state = trainer.init_state()
+    host_batch = next(input_pipeline.train_batches(source, config, 0))
+    rng = np.random.default_rng(0)
+    host_batch["small_images"] = rng.uniform(size=(8, 3, 6, 6, 1)).astype(np.float32)
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    initial_stats = variables["batch_stats"]
+    new_state, _ = trainer.step(state, sharding.global_batch_from_host(host_batch, mesh), 0)
+
+    views = [host_batch["images"][:, v] for v in range(2)]
+    views += [host_batch["small_images"][:, s] for s in range(3)]
+    model = models.build_model(config.model)  # one device: BatchNorm needs no axis
+    for images in views:
+      _, mutated = model.apply(variables, images, train=True, mutable=["batch_stats"])
+      variables = {"params": variables["params"], "batch_stats": mutated["batch_stats"]}
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           jax.device_get(new_state.batch_stats), variables["batch_stats"])
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))),
+                                   initial_stats, variables["batch_stats"])
+    self.assertGreater(max(jax.tree_util.tree_leaves(moved)), 1e-3)
 
   def test_state_stays_replicated(self):
     config = testing.smoke_config(**{"global_batch_size": 16})

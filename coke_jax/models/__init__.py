@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 
+from coke_jax.models import batch_norm
 from coke_jax.models import resnet
 from coke_jax.models import vit
 from coke_jax.models.heads import MLPHead, SSLModel

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from coke_jax import clustering
+from coke_jax.models.batch_norm import BN_MOMENTUM
 
 
 class MLPHead(nn.Module):
@@ -20,7 +21,7 @@ class MLPHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                                 axis_name=self.axis_name, dtype=self.dtype)
     dense = lambda width: nn.Dense(width, dtype=self.dtype)
     for _ in range(self.num_layers - 1):

@@ -5,6 +5,8 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from coke_jax.models.batch_norm import BN_MOMENTUM
+
 
 class _Block(nn.Module):
   """Basic (two 3x3) or bottleneck (1x1-3x3-1x1, 4x expansion) residual block."""
@@ -47,7 +49,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
                                      axis_name=self.axis_name, dtype=self.dtype, **kw)
     x = x.astype(self.dtype)
     if self.cifar_stem:

@@ -5,6 +5,8 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from coke_jax.models.batch_norm import BN_MOMENTUM
+
 
 class SmallCNN(nn.Module):
   """Stages of two 3x3 conv-BN-ReLU layers; every stage after the first halves the resolution.
@@ -22,7 +24,7 @@ class SmallCNN(nn.Module):
       for layer in range(2):
         stride = 2 if stage > 0 and layer == 0 else 1
         x = nn.Conv(width, (3, 3), strides=stride, use_bias=False, dtype=self.dtype)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                          axis_name=self.axis_name, dtype=self.dtype)(x)
         x = nn.relu(x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
