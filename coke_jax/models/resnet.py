@@ -49,8 +49,9 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
-                                     axis_name=self.axis_name, dtype=self.dtype, **kw)
+    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                                     epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype,
+                                     **kw)
     x = x.astype(self.dtype)
     if self.cifar_stem:
       x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
