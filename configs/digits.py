@@ -4,8 +4,9 @@
 
 Digits is small and balanced (10 classes), so the settings follow the
 supplementary's CIFAR clustering protocol (supp. Sec. 2.4) where it applies:
-SGD, two views, ratio 0.9 for balanced data, and several heads of different K
-with the head at the true K evaluated.
+SGD, two views, and several heads of different K with the head at the true K
+evaluated. What digits needs differently (the size ratio, the dual step) was
+chosen on a validation split of the training images.
 """
 
 from coke_jax import config_base
@@ -28,11 +29,16 @@ def get_config():
 
   c.objective.num_clusters = (10, 20, 40)   # the head with K = 10 is the evaluated one
   c.objective.temperature = 0.1             # supp. 2.1's two-view 0.05 collapsed here (ACC 0.29)
-  c.objective.min_size_ratio = 0.9         # balanced data (supp. Sec. 2.4)
+  # The ratio and the dual step were chosen on a validation split carved from the training
+  # images (--config.dataset.validation_fraction=0.2), never on the held-out split; K = 10
+  # head ACC, mean of 2 seeds (docs/evaluation.md).
+  # Balanced: digits classes differ by < 5% in size (supp. 2.4 takes 0.9 for CIFAR).
+  # Validation: 0.991 at 1.0, 0.977 at 0.9.
+  c.objective.min_size_ratio = 1.0
   # supp. 2.4 uses 0.1 with 390 steps per epoch (CIFAR, batch 128); digits has 12, so the
-  # duals would move ~30x less per epoch and clusters starve (measured: ACC 0.72 at 0.1,
-  # 0.95 at 1-2, docs/evaluation.md).
-  c.objective.dual_lr = 2.0
+  # duals move ~30x less per epoch. Validation (ratio 0.9): 0.977 at 1.0, 0.948 at 2.0,
+  # 0.958 at 0.1 (1 seed).
+  c.objective.dual_lr = 1.0
   c.objective.alpha = 0.2
 
   c.optimizer.name = "sgd"                  # supp. Sec. 2.4
@@ -40,7 +46,7 @@ def get_config():
   c.optimizer.warmup_epochs = 5
   c.optimizer.weight_decay = 5e-4
   c.global_batch_size = 128                 # supp. Sec. 2.4
-  c.num_epochs = 200                        # seed 0: ACC 0.953 at 150 epochs, 0.961 at 200
+  c.num_epochs = 200                        # validation ACC is flat from epoch ~125 on
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.eval_every_epochs = 25
