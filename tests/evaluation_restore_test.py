@@ -62,7 +62,8 @@ class RestoreTest(absltest.TestCase):
 
   def test_one_device_restores_the_backbone_saved_on_eight(self):
     out = os.path.join(self.create_tempdir().full_path, "restored.npz")
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": _REPO}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": _REPO}
     result = subprocess.run([sys.executable, "-c", _ONE_DEVICE, self.pretrain_dir, out], cwd=_REPO,
                             env=env, capture_output=True, text=True, timeout=300)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
