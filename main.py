@@ -28,10 +28,13 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 from coke_jax import checkpointing
+from coke_jax import distributed
+from coke_jax import errors
 from coke_jax import train
 from coke_jax.data import sources
 from coke_jax.evaluation import checkpoint_eval
 from coke_jax.evaluation import linear_probe
+from coke_jax.evaluation import restore
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -53,7 +56,7 @@ flags.mark_flags_as_required(["config"])
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL of sysexits.h: try again (resume) later.
 # Errors whose message says what was wrong and what to do: shown without a traceback.
-_USER_ERRORS = (checkpointing.IncompatibleCheckpointError, sources.MissingDataError,
+_USER_ERRORS = (errors.ConfigError, sources.MissingDataError, restore.MissingCheckpointError,
                 FloatingPointError)
 
 
@@ -70,24 +73,6 @@ class _QuietLibraries:
         part in record.pathname for part in ("/orbax/", "/tensorflow/", "/tensorflow_datasets/"))
 
 
-def _several_processes_launched() -> bool:
-  """Whether SLURM or Open MPI started this command as one of several processes."""
-  return any(int(os.environ.get(var, "1")) > 1
-             for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
-
-
-def initialize_distributed():
-  """Joins the job's other processes; JAX detects whatever the flags leave unset.
-
-  Must run before anything touches a JAX device. A single process (no flags,
-  no multi-task SLURM or MPI launch) skips it.
-  """
-  explicit = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                  process_id=_PROCESS_ID.value)
-  if any(v is not None for v in explicit.values()) or _several_processes_launched():
-    jax.distributed.initialize(**explicit)
-
-
 def default_workdir(config_path: str, mode: str) -> str:
   name = os.path.splitext(os.path.basename(config_path))[0]
   return os.path.join("workdirs", name if mode == "train" else f"{name}_{mode}")
@@ -97,7 +82,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  initialize_distributed()
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   # tf.data runs on the host; keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], "GPU")
   logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),

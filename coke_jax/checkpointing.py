@@ -25,6 +25,8 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from coke_jax import errors
+
 # Config entries that must match for a checkpoint to be resumed: those that fix the state's
 # shapes and meaning, and those that map a step to its epoch and its examples (another batch
 # size or seed mid-epoch would label some examples twice and others never).
@@ -51,7 +53,7 @@ def resolve(workdir: str) -> epath.Path:
   return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(errors.ConfigError):
   """The workdir holds a checkpoint written by a run with other settings."""
 
 

@@ -9,7 +9,7 @@ never checkpointed and the loop never waits on the device for this.
 each epoch end (`clustering.size_diagnostics`: `largest_share`, `min_size`,
 `bound` per head) and warns when one cluster holds more than
 `collapse.max_cluster_share` of the epoch's examples, or when the smallest
-cluster stays below `collapse.min_size_fraction` of its bound gamma_k (Eq. 4)
+cluster stays below `collapse.min_size_fraction` of its bound gamma_k (Eq. 5)
 for `collapse.patience_epochs` epochs in a row. Its state is a small JSON dict
 saved with each checkpoint, so a resumed run reports what an uninterrupted one
 would.

@@ -17,6 +17,8 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from coke_jax import errors
+
 DATA_AXIS = "data"
 
 
@@ -40,7 +42,7 @@ def check_batch_divides(global_batch: int, mesh: Mesh, process_count: int = 1,
                         name: str = "global_batch_size"):
   devices = mesh.devices.size
   if global_batch % devices or global_batch % process_count:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.{name}={global_batch} does not divide over {devices} devices "
         f"({process_count} processes): each device must get the same number of examples. "
         f"Use a multiple of {math.lcm(devices, process_count)}, e.g. "

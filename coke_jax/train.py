@@ -26,6 +26,7 @@ import ml_collections
 import optax
 
 from coke_jax import checkpointing
+from coke_jax import errors
 from coke_jax import models
 from coke_jax import monitor
 from coke_jax import objectives
@@ -79,7 +80,7 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
                     trust_coefficient=opt.trust_coefficient, trust_ratio_mask=_decay_mask,
                     momentum=opt.momentum)
   else:
-    raise ValueError(f"config.optimizer.name is {opt.name!r}; use 'sgd' or 'lars'.")
+    raise errors.ConfigError(f"config.optimizer.name is {opt.name!r}; use 'sgd' or 'lars'.")
   return tx, schedule
 
 

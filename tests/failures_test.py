@@ -68,8 +68,23 @@ class MainFailuresTest(absltest.TestCase):
     out, _ = self._fail("--config.global_batch_size=250")
     self.assertIn("config.global_batch_size=250 does not divide over 8 devices", out)
     self.assertIn("--config.global_batch_size=248", out)
+    self.assertIn("ConfigError: ", out)
+    self.assertNotIn("Traceback", out)
     out, _ = self._fail("--config.eval_batch_size=100")
     self.assertIn("config.eval_batch_size=100 does not divide over 8 devices", out)
+
+  def test_a_setting_out_of_range_is_one_line_not_a_traceback(self):
+    out, _ = self._fail("--config.objective.min_size_ratio=1.5")
+    self.assertIn("ConfigError: objective.min_size_ratio (gamma') is 1.5; it must be in [0, 1]",
+                  out)
+    self.assertNotIn("Traceback", out)
+
+  def test_evaluating_a_workdir_without_checkpoints(self):
+    empty = self.create_tempdir().full_path
+    out, _ = self._fail("--mode=eval", f"--pretrain_workdir={empty}")
+    self.assertIn("MissingCheckpointError: ", out)
+    self.assertIn(empty, out)
+    self.assertNotIn("Traceback", out)
 
   def test_data_dir_without_dataset(self):
     data_dir = self.create_tempdir().full_path

@@ -11,6 +11,8 @@ from typing import NamedTuple
 import numpy as np
 from sklearn import datasets as sk_datasets
 
+from coke_jax import errors
+
 
 class Split(NamedTuple):
   images: np.ndarray  # [N, 8, 8, 1] float32 in [0, 1]
@@ -37,10 +39,12 @@ def load(holdout_fraction: float = 0.2, split_seed: int = 0,
   images, which this call then does not return at all.
   """
   if not 0.0 < holdout_fraction < 1.0:
-    raise ValueError(f"dataset.holdout_fraction is {holdout_fraction}; it must be in (0, 1).")
+    raise errors.ConfigError(
+        f"dataset.holdout_fraction is {holdout_fraction}; it must be in (0, 1).")
   if not 0.0 <= validation_fraction < 1.0:
-    raise ValueError(f"dataset.validation_fraction is {validation_fraction}; it must be in "
-                     "[0, 1) (0: evaluate on the held-out split).")
+    raise errors.ConfigError(
+        f"dataset.validation_fraction is {validation_fraction}; it must be in "
+        "[0, 1) (0: evaluate on the held-out split).")
   digits = sk_datasets.load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]
   labels = digits.target.astype(np.int32)

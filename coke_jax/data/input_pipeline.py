@@ -30,6 +30,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from coke_jax import errors
 from coke_jax.data import augment
 from coke_jax.data import order
 
@@ -143,7 +144,7 @@ def train_batches(source, config, epoch: int, start_step: int = 0, process_index
       return _finish(example, views)
   else:
     if num_small:
-      raise ValueError(
+      raise errors.ConfigError(
           f"num_small_views={num_small}: multi-crop needs natural images (a TFDS dataset or "
           f"an image folder), not the {source.name!r} arrays. Set --config.num_small_views=0.")
 
@@ -175,7 +176,7 @@ def eval_batches(source, split: str, batch_size: int, process_index: int = 0,
   per_host = order.per_host_batch(batch_size, process_count)
   num = source.num_examples(name)
   if not num:
-    raise ValueError(f"The {split!r} split of {source.name!r} is empty.")
+    raise errors.ConfigError(f"The {split!r} split of {source.name!r} is empty.")
   lo, hi = order.host_range(num, process_index, process_count)
   total = math.ceil(num / batch_size) * per_host
 

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from coke_jax import errors
+
 
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return math.ceil(num_examples / global_batch)
@@ -15,7 +17,7 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
 
 def per_host_batch(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
-    raise ValueError(
+    raise errors.ConfigError(
         f"The global batch {global_batch} does not divide over {process_count} processes: "
         "every host must feed the same number of examples per step. Use a multiple of "
         f"{process_count}, e.g. --config.global_batch_size="

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
+from coke_jax import errors
 from coke_jax.data import augment
 from coke_jax.data import digits
 
@@ -109,7 +110,7 @@ def list_image_folder(root: str, class_names: Optional[list[str]] = None):
   subdirs = [e.rstrip("/") for e in entries if tf.io.gfile.isdir(os.path.join(root, e))]
   top_images = [e for e in entries if _is_image(e) and e.rstrip("/") not in subdirs]
   if subdirs and top_images:
-    raise ValueError(
+    raise errors.ConfigError(
         f"The image folder {root!r} holds both images ({top_images[0]!r}, ...) and "
         f"subfolders ({subdirs[0]!r}, ...); use one subfolder per class, or only images "
         "for unlabeled data.")
@@ -118,8 +119,9 @@ def list_image_folder(root: str, class_names: Optional[list[str]] = None):
     names = sorted(subdirs) if class_names is None else list(class_names)
     unknown = sorted(set(subdirs) - set(names))
     if unknown:
-      raise ValueError(f"The folder {root!r} has classes {unknown[:5]} that the training folder "
-                       f"lacks; its classes must be among the training classes {names[:5]}...")
+      raise errors.ConfigError(
+          f"The folder {root!r} has classes {unknown[:5]} that the training folder "
+          f"lacks; its classes must be among the training classes {names[:5]}...")
     for label, name in enumerate(names):
       class_dir = os.path.join(root, name)
       if not tf.io.gfile.isdir(class_dir):
@@ -134,7 +136,7 @@ def list_image_folder(root: str, class_names: Optional[list[str]] = None):
     paths = [os.path.join(root, e) for e in top_images]
     labels = [-1] * len(paths)
   if not paths:
-    raise ValueError(
+    raise errors.ConfigError(
         f"The image folder {root!r} has no images (files ending in "
         f"{', '.join(IMAGE_EXTENSIONS)}). Expected one subfolder of images per class, or "
         "images directly inside it for unlabeled data.")
@@ -157,10 +159,11 @@ class ImageFolderSource:
   @classmethod
   def from_config(cls, config) -> "ImageFolderSource":
     if not config.data_dir:
-      raise ValueError("dataset.name='image_folder' needs --config.dataset.data_dir=<folder of "
-                       "training images>.")
+      raise errors.ConfigError(
+          "dataset.name='image_folder' needs --config.dataset.data_dir=<folder of "
+          "training images>.")
     if not config.heldout_dir:
-      raise ValueError(
+      raise errors.ConfigError(
           "dataset.name='image_folder' needs --config.dataset.heldout_dir=<folder of held-out "
           "images> (same class subfolders) for the evaluation at the end of training; to "
           "evaluate on the training images, pass the same folder as data_dir.")
@@ -278,7 +281,7 @@ class TFDSSource:
   def from_config(cls, builder, spec: TFDSDataset, config) -> "TFDSSource":
     file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
     if file_format != "tfrecord":
-      raise ValueError(
+      raise errors.ConfigError(
           f"The TFDS dataset {builder.name!r} in {builder.data_dir} is stored as {file_format!r}; "
           "coke_jax reads TFRecord files. Prepare it with `tfds build "
           f"{builder.name} --file_format=tfrecord --data_dir=<data_dir>`.")
@@ -291,8 +294,9 @@ class TFDSSource:
                  eval_crop_fraction=config.eval_crop_fraction or spec.eval_crop_fraction,
                  shuffle_buffer=config.shuffle_buffer)
     if label_key not in builder.info.features:
-      raise ValueError(f"dataset.label_key={label_key!r} is not a feature of {builder.name!r}; "
-                       f"its features are {sorted(builder.info.features)}.")
+      raise errors.ConfigError(
+          f"dataset.label_key={label_key!r} is not a feature of {builder.name!r}; "
+          f"its features are {sorted(builder.info.features)}.")
     for split in splits.values():
       source._instructions(split)  # fails now, not at the end of training, on a bad split
     return source
@@ -325,9 +329,10 @@ class TFDSSource:
       try:
         instructions = self.builder.info.splits[part.strip()].file_instructions
       except (KeyError, ValueError) as e:
-        raise ValueError(f"The split {part.strip()!r} of {tfds_split!r} is not in "
-                         f"{self.builder.name!r} (splits: {sorted(self.builder.info.splits)}): "
-                         f"{e}") from e
+        raise errors.ConfigError(
+            f"The split {part.strip()!r} of {tfds_split!r} is not in "
+            f"{self.builder.name!r} (splits: {sorted(self.builder.info.splits)}): "
+            f"{e}") from e
       pieces.extend((fi.filename, fi.skip, fi.take) for fi in instructions if fi.take)
     return pieces
 
@@ -396,5 +401,6 @@ def get_source(config):
   if name in TFDS_DATASETS:
     builder = check_tfds_prepared(name, config.data_dir)
     return TFDSSource.from_config(builder, TFDS_DATASETS[name], config)
-  raise ValueError(f"config.dataset.name is {name!r}; known datasets: "
-                   f"{sorted(['digits', 'image_folder', *TFDS_DATASETS])}.")
+  raise errors.ConfigError(
+      f"config.dataset.name is {name!r}; known datasets: "
+      f"{sorted(['digits', 'image_folder', *TFDS_DATASETS])}.")

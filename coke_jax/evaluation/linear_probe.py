@@ -35,6 +35,7 @@ import optax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from coke_jax import errors
 from coke_jax import models
 from coke_jax import sharding
 from coke_jax.data import input_pipeline
@@ -224,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, pretrain
     saved_meta = manager.restore(manager.latest_step(), args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
     if saved_meta != meta:
-      raise ValueError(
+      raise errors.ConfigError(
           f"{workdir} holds a linear probe of {saved_meta}, not of {meta}. Use another --workdir.")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
     state = manager.restore(manager.latest_step(), args=ocp.args.Composite(

@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 
+from coke_jax import errors
 from coke_jax.models import batch_norm
 from coke_jax.models import resnet
 from coke_jax.models import vit
@@ -28,14 +29,17 @@ def build_model(model_config, axis_name=None) -> SSLModel:
   """
   name = model_config.backbone
   if name not in BACKBONES:
-    raise ValueError(f"config.model.backbone is {name!r}; known backbones: {sorted(BACKBONES)}.")
+    raise errors.ConfigError(
+        f"config.model.backbone is {name!r}; known backbones: {sorted(BACKBONES)}.")
   if model_config.dtype not in _DTYPES:
-    raise ValueError(f"config.model.dtype is {model_config.dtype!r}; use one of {sorted(_DTYPES)}.")
+    raise errors.ConfigError(
+        f"config.model.dtype is {model_config.dtype!r}; use one of {sorted(_DTYPES)}.")
   dtype = _DTYPES[model_config.dtype]
   kwargs = dict(model_config.backbone_kwargs)
   if model_config.remat:
     if name == "small_cnn":
-      raise ValueError("config.model.remat is only supported for resnet* and vit_s16 backbones.")
+      raise errors.ConfigError(
+          "config.model.remat is only supported for resnet* and vit_s16 backbones.")
     kwargs["remat"] = True
   backbone = BACKBONES[name](axis_name=axis_name, dtype=dtype, **kwargs)
   projector = MLPHead(hidden_dim=model_config.proj_hidden_dim, out_dim=model_config.embed_dim,

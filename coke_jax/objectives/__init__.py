@@ -13,6 +13,7 @@ is a traced int32 scalar (0 is the initialization scan).
 """
 
 from coke_jax import clustering
+from coke_jax import errors
 from coke_jax.objectives.coke import CoKe
 
 
@@ -33,4 +34,4 @@ def build_objective(config, num_examples: int):
                 avg_label_size=obj.avg_label_size,
                 avg_label_temperature=obj.avg_label_temperature,
                 multicrop_beta=obj.multicrop_beta)
-  raise ValueError(f"config.objective.name is {obj.name!r}; known objectives: ['coke'].")
+  raise errors.ConfigError(f"config.objective.name is {obj.name!r}; known objectives: ['coke'].")

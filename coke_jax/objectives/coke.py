@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from coke_jax import clustering
+from coke_jax import errors
 
 
 class HeadState(NamedTuple):
@@ -59,33 +60,40 @@ class CoKe:
   def __post_init__(self):
     for k in self.num_clusters:
       if not 1 <= k <= self.num_examples:
-        raise ValueError(
+        raise errors.ConfigError(
             f"objective.num_clusters has K={k}, but there are {self.num_examples} training "
             "examples: every K must be between 1 and the number of examples.")
     if not 0.0 <= self.min_size_ratio <= 1.0:
-      raise ValueError(f"objective.min_size_ratio (gamma') is {self.min_size_ratio}; it must be in "
-                       "[0, 1] (1 is balanced clustering, the paper uses 0.4).")
+      raise errors.ConfigError(
+          f"objective.min_size_ratio (gamma') is {self.min_size_ratio}; it must be in "
+          "[0, 1] (1 is balanced clustering, the paper uses 0.4).")
     if self.min_size_ratios and len(self.min_size_ratios) != len(self.num_clusters):
-      raise ValueError(f"objective.min_size_ratios has {len(self.min_size_ratios)} entries but "
-                       f"there are {len(self.num_clusters)} heads {self.num_clusters}: give one "
-                       "tuple of K per-cluster ratios per head, or () for min_size_ratio.")
+      raise errors.ConfigError(
+          f"objective.min_size_ratios has {len(self.min_size_ratios)} entries but "
+          f"there are {len(self.num_clusters)} heads {self.num_clusters}: give one "
+          "tuple of K per-cluster ratios per head, or () for min_size_ratio.")
     for h in range(len(self.num_clusters)):
       self.min_size_fracs(h)  # validates per-cluster bounds
     if self.center_update not in ("batch", "epoch"):
-      raise ValueError(f"objective.center_update is {self.center_update!r}; use 'batch' (Eq. 11) "
-                       "or 'epoch' (Eq. 10).")
+      raise errors.ConfigError(
+          f"objective.center_update is {self.center_update!r}; use 'batch' (Eq. 11) "
+          "or 'epoch' (Eq. 10).")
     if self.average_after_epoch is not None and self.average_after_epoch < 0:
-      raise ValueError(f"objective.average_after_epoch (T') is {self.average_after_epoch}; use "
-                       "an epoch >= 0 or None for one-stage training.")
+      raise errors.ConfigError(
+          f"objective.average_after_epoch (T') is {self.average_after_epoch}; use "
+          "an epoch >= 0 or None for one-stage training.")
     if self.avg_label_size < 1 or self.avg_label_temperature <= 0:
-      raise ValueError(f"objective.avg_label_size ({self.avg_label_size}) must be >= 1 and "
-                       f"avg_label_temperature ({self.avg_label_temperature}) > 0.")
+      raise errors.ConfigError(
+          f"objective.avg_label_size ({self.avg_label_size}) must be >= 1 and "
+          f"avg_label_temperature ({self.avg_label_temperature}) > 0.")
     if isinstance(self.dual_lr, tuple) and len(self.dual_lr) != len(self.num_clusters):
-      raise ValueError(f"objective.dual_lr has {len(self.dual_lr)} values for "
-                       f"{len(self.num_clusters)} heads; give one eta, or one per head.")
+      raise errors.ConfigError(
+          f"objective.dual_lr has {len(self.dual_lr)} values for "
+          f"{len(self.num_clusters)} heads; give one eta, or one per head.")
     for name in ("alpha", "beta", "multicrop_beta"):
       if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"objective.{name} is {getattr(self, name)}; it must be in [0, 1].")
+        raise errors.ConfigError(
+            f"objective.{name} is {getattr(self, name)}; it must be in [0, 1].")
 
   def min_size_fracs(self, head: int) -> np.ndarray:
     """gamma_k / N of every cluster of head `head`, [K]."""
