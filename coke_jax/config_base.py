@@ -78,6 +78,7 @@ def default_config() -> config_dict.ConfigDict:
   c.objective.min_size_ratios = ()     # per-cluster gamma'_k (Eq. 5): a K-tuple per head; (): above
   # eta of Eq. 9 (Sec. 4); None: clustering.default_dual_lr per head (K, batch, N x epochs)
   c.objective.dual_lr = config_dict.FieldReference(20.0, field_type=float)
+  c.objective.dual_lrs = ()            # one eta per head (K grows: eta grows); (): dual_lr above
   c.objective.dual_l1_radius = config_dict.placeholder(float)  # tau of Eq. 9; None: max(0, .)
   c.objective.alpha = 0.2              # one-hot weight of the two-view soft label (supp. Table 3)
   c.objective.beta = 0.5               # prediction-head loss weight (supp. Table 4)

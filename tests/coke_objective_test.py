@@ -9,6 +9,7 @@ import numpy as np
 
 from coke_jax import checkpointing
 from coke_jax import clustering
+from coke_jax import errors
 from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax import train
@@ -220,6 +221,16 @@ class CoKeObjectiveTest(absltest.TestCase):
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
+  def _assert_one_dual_step_per_head(self, obj, etas):
+    """One update from rho = 0: each head's duals move by its own eta (Eq. 9, max(0, .))."""
+    heads = obj.init(jax.random.PRNGKey(0))
+    new, _ = obj.update(heads, jnp.asarray(self.proj), jnp.asarray(self.index), jnp.ones(6),
+                        jnp.int32(1))
+    for h, (head, k) in enumerate(zip(heads, obj.num_clusters)):
+      labels = np.argmax(self.proj.mean(0) @ np.asarray(head.centers).T, -1)
+      grad = np.bincount(labels, minlength=k) / 6 - 0.5 / k
+      np.testing.assert_allclose(new[h].dual, np.maximum(0, -etas[h] * grad), atol=1e-6)
+
   def test_dual_lr_rule_per_head_from_the_config(self):
     config = testing.smoke_config(**{"objective.dual_lr": None, "objective.num_clusters": (4, 8),
                                      "model.embed_dim": 4})
@@ -227,13 +238,19 @@ class CoKeObjectiveTest(absltest.TestCase):
     epochs = config.num_epochs + 1
     self.assertEqual(obj.dual_lr, tuple(clustering.default_dual_lr(k, config.global_batch_size,
                                                                    500 * epochs) for k in (4, 8)))
-    heads = obj.init(jax.random.PRNGKey(0))
-    new, _ = obj.update(heads, jnp.asarray(self.proj), jnp.asarray(self.index), jnp.ones(6),
-                        jnp.int32(1))
-    for h, (head, k) in enumerate(zip(heads, (4, 8))):
-      labels = np.argmax(self.proj.mean(0) @ np.asarray(head.centers).T, -1)
-      grad = np.bincount(labels, minlength=k) / 6 - 0.5 / k
-      np.testing.assert_allclose(new[h].dual, np.maximum(0, -obj.dual_lr[h] * grad), atol=1e-6)
+    self._assert_one_dual_step_per_head(obj, obj.dual_lr)
+
+  def test_dual_lrs_gives_one_eta_per_head_and_checks_its_length(self):
+    config = testing.smoke_config(**{"objective.dual_lrs": (0.5, 2.0),
+                                     "objective.num_clusters": (4, 8), "model.embed_dim": 4})
+    obj = objectives.build_objective(config, num_examples=500)
+    self.assertEqual(obj.dual_lr, (0.5, 2.0))
+    self._assert_one_dual_step_per_head(obj, (0.5, 2.0))
+    config = testing.smoke_config(**{"objective.dual_lrs": (0.5, 2.0, 4.0),
+                                     "objective.num_clusters": (4, 8)})
+    with self.assertRaisesRegex(errors.ConfigError, r"dual_lrs has 3 values for 2 heads"):
+      objectives.build_objective(config, num_examples=500)
+
 
 class SecondStageThroughTheTrainerTest(absltest.TestCase):
 

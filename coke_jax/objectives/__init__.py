@@ -20,7 +20,7 @@ from coke_jax.objectives.coke import CoKe
 def build_objective(config, num_examples: int):
   obj = config.objective
   if obj.name == "coke":
-    dual_lr = obj.dual_lr
+    dual_lr = tuple(float(eta) for eta in obj.dual_lrs) or obj.dual_lr
     if dual_lr is None:  # the rule of clustering.default_dual_lr, per head, over the whole run
       dual_lr = tuple(clustering.default_dual_lr(k, config.global_batch_size,
                                                  num_examples * (config.num_epochs + 1))

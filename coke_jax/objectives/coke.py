@@ -88,8 +88,9 @@ class CoKe:
           f"avg_label_temperature ({self.avg_label_temperature}) > 0.")
     if isinstance(self.dual_lr, tuple) and len(self.dual_lr) != len(self.num_clusters):
       raise errors.ConfigError(
-          f"objective.dual_lr has {len(self.dual_lr)} values for "
-          f"{len(self.num_clusters)} heads; give one eta, or one per head.")
+          f"objective.dual_lrs has {len(self.dual_lr)} values for "
+          f"{len(self.num_clusters)} heads {self.num_clusters}; give one eta per "
+          "head, or () to use objective.dual_lr for all.")
     for name in ("alpha", "beta", "multicrop_beta"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise errors.ConfigError(
