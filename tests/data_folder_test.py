@@ -1,11 +1,14 @@
 """Image folders: layouts, stable ids, bad files skipped and reported, resume, hosts, multi-crop."""
 
+import json
 import os
 
 from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
+from coke_jax import errors
+from coke_jax import train
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
 from tests import testing
@@ -93,6 +96,27 @@ class ImageFolderTest(absltest.TestCase):
     self.assertEqual(source.labels["train"].tolist(), [-1] * 4)
     batch = next(iter(input_pipeline.train_batches(source, self._config(), 0)))
     self.assertEqual(batch["label"].tolist(), [-1] * 6)
+    with self.assertRaisesRegex(errors.ConfigError, "unlabeled .*a linear probe needs labels"):
+      sources.labeled_train(source)
+    self.assertEqual(sources.labeled_train(sources.get_source(self._config().dataset)).num_train, 13)
+
+  def test_pretraining_on_an_unlabeled_folder_reports_cluster_sizes(self):
+    flat = self.create_tempdir().full_path
+    _write_images(flat, 12)
+    config = self._config(**{"dataset.data_dir": flat, "dataset.heldout_dir": flat,
+                             "num_epochs": 1, "objective.num_clusters": (3,),
+                             "global_batch_size": 8, "eval_batch_size": 8})
+    workdir = self.create_tempdir().full_path
+    with self.assertLogs(level="WARNING") as logs:
+      train.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+      final = json.load(f)
+    self.assertNotIn("knn", final)
+    head = final["heads"]["k3_0"]
+    self.assertNotIn("acc", head)
+    self.assertAlmostEqual(head["train_size_bound"], 0.5 * 12 / 3, places=5)  # gamma' 0.5, N 12
+    self.assertBetween(head["train_min_size"], 0, head["train_max_size"])
+    self.assertIn("No labeled held-out images", "\n".join(logs.output))
 
   def test_empty_missing_and_mixed_folders_are_clear_errors(self):
     empty = self.create_tempdir().full_path

@@ -125,6 +125,15 @@ class TFDSSourceTest(absltest.TestCase):
     eval_weight = np.concatenate([b["weight"] for b in evaluation])
     self.assertEqual(eval_weight.sum(), 6)
     self.assertTrue(np.all(eval_labels[eval_weight > 0] >= 0))
+    # The linear probe trains on the 6 labeled images only, and no label is -1 there.
+    labeled = sources.labeled_train(source)
+    self.assertEqual(labeled.num_train, 6)
+    probe_batches = list(input_pipeline.train_batches(labeled, config, 0))
+    probe_labels = np.concatenate([b["label"] for b in probe_batches])
+    probe_weight = np.concatenate([b["weight"] for b in probe_batches])
+    self.assertEqual(probe_weight.sum(), 6)
+    self.assertTrue(np.all(probe_labels[probe_weight > 0] >= 0))
+    self.assertEqual(source.num_train, 15)  # the pretraining source is unchanged
 
   def test_imagenet_eval_center_crop_and_multicrop(self):
     config = self._config("coke_fake_imagenet", global_batch_size=4, num_small_views=3,

@@ -391,6 +391,20 @@ class TFDSSource:
     return f"{self.name} {self._tfds_split(split)} example {index}"
 
 
+def labeled_train(source):
+  """`source` with its labeled training images as "train", for supervised training (the
+  linear probe): STL-10's "train", not the "train+unlabeled" CoKe pretrains on. Raises
+  ConfigError when the training images have no labels (a flat image folder)."""
+  if isinstance(source, ImageFolderSource) and (source.labels["train"] < 0).any():
+    raise errors.ConfigError(
+        f"The training images of {source.name!r} are unlabeled (a flat folder): a linear probe "
+        "needs labels. Use a folder with one subfolder of images per class.")
+  if isinstance(source, TFDSSource):
+    return dataclasses.replace(source, splits={**source.splits,
+                                               "train": source.splits["eval_train"]})
+  return source
+
+
 def get_source(config):
   """The data source named by `config.dataset.name`."""
   name = config.name

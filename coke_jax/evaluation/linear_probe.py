@@ -203,6 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, pretrain
   backbone = models.build_model(config.model).backbone
   variables, pretrain_step = restore_backbone(models.build_model(config.model), source, config,
                                               mesh, pretrain_workdir, probe.pretrain_step)
+  source = sources.labeled_train(source)  # the probe trains on labeled images only
   frozen = feature_transform(backbone, variables, source, config, mesh)
   num_features = frozen["shift"].shape[-1]
   steps_per_epoch = input_pipeline.steps_per_epoch(source.num_train, probe.batch_size)

@@ -11,6 +11,7 @@ Protocol (no label is used before this point, nothing is fitted on held-out):
 
 from typing import Any, Optional
 
+from absl import logging
 import flax
 import jax
 import numpy as np
@@ -53,26 +54,37 @@ def evaluate(train_outputs: dict[str, np.ndarray], heldout_outputs: dict[str, np
   `*_outputs` hold `features`, `proj` and `label` per image (`features.embed`).
   Returns {"knn_top1": top-1 at k = knn_k[0], "knn": {"k20": {"top1", "top5"}, ...},
   "heads": {"k10_0": {"acc", "nmi", "ari", "majority_acc", "train_min_size", ...}}}.
+  Images labeled -1 (unlabeled: a flat image folder, STL-10's unlabeled split)
+  are left out of the label-based scores; with no labeled held-out image the
+  heads report their cluster sizes only, and "knn"/"knn_top1" are absent.
   """
-  labels = heldout_outputs["label"]
-  num_train = len(train_outputs["label"])
+  labeled = heldout_outputs["label"] >= 0
+  labels = heldout_outputs["label"][labeled]
+  train_labeled = train_outputs["label"] >= 0
+  num_train = objective.num_examples  # N of the label table (STL-10: train+unlabeled)
   # This host's copy of the (replicated) state, so that the prediction runs locally on any host.
   objective_state = jax.tree_util.tree_map(_local, objective_state)
-  predictions = np.asarray(objective.predict(objective_state, heldout_outputs["proj"]))
+  predictions = np.asarray(objective.predict(objective_state, heldout_outputs["proj"][labeled]))
   heads = {}
   for h, (name, k, sizes) in enumerate(zip(head_names(objective), objective.num_clusters,
                                            cluster_sizes(objective, objective_state))):
-    heads[name] = metrics.clustering_metrics(predictions[h], labels)
+    heads[name] = metrics.clustering_metrics(predictions[h], labels) if len(labels) else {}
     if sizes is not None:
       bound = objective.min_size_frac(k) * num_train
       heads[name].update(train_min_size=int(sizes.min()), train_max_size=int(sizes.max()),
                          train_size_bound=float(bound),
                          train_num_under_bound=int(np.sum(sizes < bound)))
+  if not len(labels) or not train_labeled.any():
+    logging.warning("No labeled %s images: only cluster sizes are reported (no ACC, NMI, ARI "
+                    "or kNN).", "held-out" if not len(labels) else "training")
+    return {"heads": heads}
   ks = tuple(config.knn_k) if isinstance(config.knn_k, (tuple, list)) else (config.knn_k,)
-  knn = metrics.knn_accuracy(train_outputs["features"], train_outputs["label"],
-                             heldout_outputs["features"], labels, num_classes, ks=ks,
+  knn = metrics.knn_accuracy(train_outputs["features"][train_labeled],
+                             train_outputs["label"][train_labeled],
+                             heldout_outputs["features"][labeled], labels, num_classes, ks=ks,
                              temperature=config.knn_temperature)
-  return {"knn_top1": knn[f"k{min(ks[0], num_train)}"]["top1"], "knn": knn, "heads": heads}
+  num_bank = int(train_labeled.sum())
+  return {"knn_top1": knn[f"k{min(ks[0], num_bank)}"]["top1"], "knn": knn, "heads": heads}
 
 
 def size_charts(objective, objective_state, num_train: int, tag: str) -> dict[str, np.ndarray]:
@@ -162,7 +174,12 @@ def flat_scalars(results: dict, prefix: str) -> dict[str, float]:
 
 def summary(results: dict) -> str:
   """One log line: kNN and each head's ACC/NMI."""
-  parts = ["knn top-1 " + " ".join(f"{k} {v['top1']:.4f}" for k, v in results["knn"].items())]
+  parts = ["knn top-1 " + " ".join(f"{k} {v['top1']:.4f}" for k, v in results["knn"].items())
+           ] if "knn" in results else []
   for name, head in results["heads"].items():
-    parts.append(f"{name}: acc {head['acc']:.4f} nmi {head['nmi']:.4f} ari {head['ari']:.4f}")
+    if "acc" in head:
+      parts.append(f"{name}: acc {head['acc']:.4f} nmi {head['nmi']:.4f} ari {head['ari']:.4f}")
+    elif "train_min_size" in head:
+      parts.append(f"{name}: cluster sizes {head['train_min_size']} to {head['train_max_size']} "
+                   f"(bound {head['train_size_bound']:.1f})")
   return ", ".join(parts)
