@@ -78,10 +78,8 @@ def _config(backbone: str, num_clusters, num_views: int):
   return config, (size, size, channels)
 
 
-def time_step(config, image_shape, num_examples: int, objective_cls=objectives.CoKe):
-  """(compile seconds, median step seconds, FLOPs per step) of the learning step."""
-  mesh = sharding.make_mesh()
-  sharding.check_batch_divides(config.global_batch_size, mesh)
+def _build_step(config, image_shape, num_examples: int, objective_cls, mesh):
+  """The jitted learning step on `mesh`, a fresh state and a synthetic global batch."""
   model = models.build_model(config.model, axis_name=sharding.DATA_AXIS)
   obj = objectives.build_objective(config, num_examples)
   objective = objective_cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
@@ -97,15 +95,42 @@ def time_step(config, image_shape, num_examples: int, objective_cls=objectives.C
       "images": rng.uniform(size=(b, config.num_views, *image_shape)).astype(np.float32),
       "index": rng.choice(num_examples, b, replace=False).astype(np.int32),
       "weight": np.ones(b, np.float32)}, mesh)
+  return step, state, batch
+
+
+def _flops(lowered) -> float:
+  cost = lowered.cost_analysis()
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def flops_on_cpu(config, image_shape, num_examples: int, objective_cls) -> float:
+  """FLOPs of one device's step, counted by lowering it for one CPU device with that device's
+  share of the batch (the accelerator's own count can be missing: see `time_step`)."""
+  config = config.copy_and_resolve_references()
+  config.global_batch_size //= jax.device_count()
+  with jax.default_device(jax.devices("cpu")[0]):
+    step, state, batch = _build_step(config, image_shape, num_examples, objective_cls,
+                                     sharding.make_mesh(jax.devices("cpu")[:1]))
+    return _flops(step.lower(state, batch))
+
+
+def time_step(config, image_shape, num_examples: int, objective_cls=objectives.CoKe,
+              count_flops: bool = True):
+  """(compile seconds, median step seconds, FLOPs per device-step) of the learning step."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_divides(config.global_batch_size, mesh)
+  step, state, batch = _build_step(config, image_shape, num_examples, objective_cls, mesh)
   start = time.perf_counter()
   lowered = step.lower(state, batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   # Counted on the lowered program: a GPU's compiled program hides its convolutions in cuDNN
   # calls that its cost analysis does not count (ResNet-50: 0.11 instead of 6 TFLOP per step).
-  # Some backends count nothing at all (JAX 0.11 on a GPU): the table then says n/a.
-  cost = lowered.cost_analysis()
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  # Some backends count nothing at all (JAX 0.11 on a GPU): the same step is then lowered for
+  # the CPU and counted there.
+  flops = _flops(lowered) if count_flops else 0.0
+  if count_flops and not flops and jax.default_backend() != "cpu":
+    flops = flops_on_cpu(config, image_shape, num_examples, objective_cls)
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   times = []
@@ -148,8 +173,8 @@ def main(argv):
           f"K = {'+'.join(_CLUSTERS.value)}, D = {config.model.embed_dim}, N = 1,281,167)")
     print("| step | step ms | vs fixed targets |")
     print("| --- | --- | --- |")
-    _, fixed, _ = time_step(config, shape, 1_281_167, FixedTargets)
-    _, coke, _ = time_step(config, shape, 1_281_167)
+    _, fixed, _ = time_step(config, shape, 1_281_167, FixedTargets, count_flops=False)
+    _, coke, _ = time_step(config, shape, 1_281_167, count_flops=False)
     print(f"| fixed targets | {fixed * 1e3:.1f} | |")
     print(f"| CoKe | {coke * 1e3:.1f} | {100 * (coke / fixed - 1):+.1f}% |", flush=True)
 
@@ -158,7 +183,7 @@ def main(argv):
     print("| N (examples) | label tables MB | step ms |")
     print("| --- | --- | --- |")
     for n in (10_000, 10_000_000):
-      _, step_s, _ = time_step(config, shape, n)
+      _, step_s, _ = time_step(config, shape, n, count_flops=False)
       table_mb = 2 * len(clusters) * n * 4 / 2**20
       print(f"| {n:,} | {table_mb:,.0f} | {step_s * 1e3:.1f} |", flush=True)
 
