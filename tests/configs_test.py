@@ -16,6 +16,7 @@ from coke_jax import train
 from coke_jax.data import augment
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
+from coke_jax.evaluation import linear_probe
 from tests import fake_tfds
 
 _CONFIGS = sorted(os.path.basename(p)[:-3]
@@ -74,6 +75,19 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual(int(state.step), spe + 1)
     self.assertTrue(jax.numpy.isfinite(metrics["loss"]))
     self.assertGreater(float(metrics["grad_norm"]), 0.0)
+
+  @parameterized.parameters(*[name for name in _CONFIGS if name.startswith("linear_eval")])
+  def test_linear_probe_config_restores_trains_and_evaluates(self, name):
+    config = _shrunk(importlib.import_module(f"configs.{name}").get_config(), self.data_dir)
+    config.linear_eval.num_epochs = 1
+    config.linear_eval.batch_size = 8 if config.dataset.name in _FAKE.values() else 256
+    pretrain_dir = self.create_tempdir().full_path
+    train.train_and_evaluate(config, pretrain_dir, stop_at_step=1)  # checkpoint at step 1
+    results = linear_probe.train_and_evaluate(config, self.create_tempdir().full_path,
+                                              pretrain_dir)
+    self.assertEqual((results["pretrain_step"], results["num_epochs"]), (1, 1))
+    self.assertBetween(results["top1"], 0.0, 1.0)
+    self.assertBetween(results["top5"], results["top1"], 1.0)
 
   @parameterized.parameters(*_CONFIGS)
   def test_builds_with_known_keys(self, name):
