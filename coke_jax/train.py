@@ -64,20 +64,27 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, 0.0)
 
 
-def _decay_mask(params):
-  """Weight decay and LARS scaling apply to kernels only, not to biases or norm parameters."""
-  return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+# Parameters that are not weights of a linear map: ViT's class token and position embedding
+# (excluded from weight decay as in DeiT and MoCo v3), besides every bias and norm scale.
+_NOT_KERNELS = ("cls", "pos_embedding")
+
+
+def decay_mask(params):
+  """Weight decay and LARS scaling apply to kernels only: not to biases, norm parameters,
+  ViT's class token or its position embedding."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim > 1 and getattr(path[-1], "key", None) not in _NOT_KERNELS, params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   opt = config.optimizer
   schedule = learning_rate_schedule(config, steps_per_epoch)
   if opt.name == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=_decay_mask),
+    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
                      optax.sgd(schedule, momentum=opt.momentum))
   elif opt.name == "lars":
-    tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=_decay_mask,
-                    trust_coefficient=opt.trust_coefficient, trust_ratio_mask=_decay_mask,
+    tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=decay_mask,
+                    trust_coefficient=opt.trust_coefficient, trust_ratio_mask=decay_mask,
                     momentum=opt.momentum)
   else:
     raise errors.ConfigError(f"config.optimizer.name is {opt.name!r}; use 'sgd' or 'lars'.")

@@ -1,9 +1,12 @@
 """LARS masking and the learning-rate schedule (supp. 2.1: LARS, warm-up, cosine)."""
 
 from absl.testing import absltest
+import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coke_jax import models
 from coke_jax import train
 from tests import testing
 
@@ -28,6 +31,19 @@ class OptimizerTest(absltest.TestCase):
     g = 0.5 + 0.1 * 3.0
     trust = 1e-3 * (3.0 * 2) / (g * 2)
     np.testing.assert_allclose(updates["kernel"], -lr * trust * g, rtol=1e-5)
+
+  def test_vit_token_and_position_embedding_are_not_kernels(self):
+    variables = jax.eval_shape(
+        lambda x: models.BACKBONES["vit_s16"]().init(jax.random.PRNGKey(0), x, train=False),
+        jnp.zeros((1, 32, 32, 3)))
+    mask = flax.traverse_util.flatten_dict(train.decay_mask(variables["params"]), sep="/")
+    self.assertFalse(mask["cls"])
+    self.assertFalse(mask["pos_embedding"])
+    masked_out = {k for k, v in mask.items() if not v}
+    shapes = flax.traverse_util.flatten_dict(variables["params"], sep="/")
+    # Everything else left out is a bias or a norm parameter (1-D); every kernel is in.
+    self.assertTrue(all(len(shapes[k].shape) == 1 for k in masked_out - {"cls", "pos_embedding"}))
+    self.assertTrue(all(mask[k] for k, v in shapes.items() if k.endswith("kernel")))
 
   def test_schedule_warms_up_then_decays_to_zero(self):
     config = testing.smoke_config(**{"optimizer.learning_rate": 0.4,
