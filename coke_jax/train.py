@@ -303,8 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                         **{f"clusters/collapse/{k}": v
                                            for k, v in collapsed.items()}})
             pretraining_eval.write_cluster_sizes(writer, workdir, step, f"epoch{done_epoch:04d}",
-                                                 trainer.objective, state.objective,
-                                                 source.num_train)
+                                                 trainer.objective, state.objective)
             if (config.eval_every_epochs and step < total
                 and done_epoch % config.eval_every_epochs == 0):
               evaluate(trainer, state, writer, workdir, done_epoch)

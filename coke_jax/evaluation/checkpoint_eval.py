@@ -52,7 +52,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, pretrai
   if jax.process_index() == 0:
     pictures.write(writer, workdir, step, drawn, tag=f"step{step}")
   pretraining_eval.write_cluster_sizes(writer, workdir, step, f"step{step}", objective,
-                                       restored["objective"], source.num_train)
+                                       restored["objective"])
   writer.flush()
   if jax.process_index() == 0:
     with tf.io.gfile.GFile(os.path.join(workdir, "eval_metrics.json"), "w") as f:

@@ -61,7 +61,6 @@ def evaluate(train_outputs: dict[str, np.ndarray], heldout_outputs: dict[str, np
   labeled = heldout_outputs["label"] >= 0
   labels = heldout_outputs["label"][labeled]
   train_labeled = train_outputs["label"] >= 0
-  num_train = objective.num_examples  # N of the label table (STL-10: train+unlabeled)
   # This host's copy of the (replicated) state, so that the prediction runs locally on any host.
   objective_state = jax.tree_util.tree_map(_local, objective_state)
   predictions = np.asarray(objective.predict(objective_state, heldout_outputs["proj"][labeled]))
@@ -70,7 +69,7 @@ def evaluate(train_outputs: dict[str, np.ndarray], heldout_outputs: dict[str, np
                                            cluster_sizes(objective, objective_state))):
     heads[name] = metrics.clustering_metrics(predictions[h], labels) if len(labels) else {}
     if sizes is not None:
-      bound = objective.min_size_frac(k) * num_train
+      bound = size_bound(objective, k)
       heads[name].update(train_min_size=int(sizes.min()), train_max_size=int(sizes.max()),
                          train_size_bound=float(bound),
                          train_num_under_bound=int(np.sum(sizes < bound)))
@@ -87,14 +86,20 @@ def evaluate(train_outputs: dict[str, np.ndarray], heldout_outputs: dict[str, np
   return {"knn_top1": knn[f"k{min(ks[0], num_bank)}"]["top1"], "knn": knn, "heads": heads}
 
 
-def size_charts(objective, objective_state, num_train: int, tag: str) -> dict[str, np.ndarray]:
+def size_bound(objective, k: int) -> float:
+  """gamma = gamma' N / K of the head with K clusters, N the label table's length (STL-10:
+  train+unlabeled, not the labeled images evaluation embeds)."""
+  return objective.min_size_frac(k) * objective.num_examples
+
+
+def size_charts(objective, objective_state, tag: str) -> dict[str, np.ndarray]:
   """Per head, the chart of the last epoch's cluster sizes against the lower bound."""
   charts = {}
   for name, k, sizes in zip(head_names(objective), objective.num_clusters,
                             cluster_sizes(objective, objective_state)):
     if sizes is not None:
       charts[f"cluster_sizes/{name}"] = pictures.cluster_size_chart(
-          sizes, objective.min_size_frac(k) * num_train, f"head {name}, {tag}")
+          sizes, size_bound(objective, k), f"head {name}, {tag}")
   return charts
 
 
@@ -151,8 +156,7 @@ def evaluate_model(model, variables, objective, objective_state, source, config,
   return results, drawn
 
 
-def write_cluster_sizes(writer, workdir: str, step: int, tag: str, objective, objective_state,
-                        num_train: int):
+def write_cluster_sizes(writer, workdir: str, step: int, tag: str, objective, objective_state):
   """The last epoch's cluster sizes per head: TensorBoard histograms and size charts (PNGs too).
 
   `tag` names the PNG files and titles the charts, e.g. "epoch0012".
@@ -162,8 +166,7 @@ def write_cluster_sizes(writer, workdir: str, step: int, tag: str, objective, ob
                                  for name, s in zip(head_names(objective), sizes)
                                  if s is not None})
   if jax.process_index() == 0:
-    pictures.write(writer, workdir, step, size_charts(objective, objective_state, num_train, tag),
-                   tag=tag)
+    pictures.write(writer, workdir, step, size_charts(objective, objective_state, tag), tag=tag)
 
 
 def flat_scalars(results: dict, prefix: str) -> dict[str, float]:
