@@ -12,21 +12,12 @@ import numpy as np
 from sklearn import datasets as sk_datasets
 
 from coke_jax import errors
+from coke_jax.data import splits
 
 
 class Split(NamedTuple):
   images: np.ndarray  # [N, 8, 8, 1] float32 in [0, 1]
   labels: np.ndarray  # [N] int32, used only by evaluation
-
-
-def _stratified_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-  """A boolean mask selecting round(fraction * n_c) random members of every class c."""
-  rng = np.random.default_rng(seed)
-  mask = np.zeros(len(labels), bool)
-  for c in np.unique(labels):
-    members = rng.permutation(np.flatnonzero(labels == c))
-    mask[members[:int(round(fraction * len(members)))]] = True
-  return mask
 
 
 def load(holdout_fraction: float = 0.2, split_seed: int = 0,
@@ -48,11 +39,11 @@ def load(holdout_fraction: float = 0.2, split_seed: int = 0,
   digits = sk_datasets.load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]
   labels = digits.target.astype(np.int32)
-  test = _stratified_mask(labels, holdout_fraction, split_seed)
+  test = splits.stratified_mask(labels, holdout_fraction, split_seed)
   train, heldout = ~test, test
   if validation_fraction:
     rows = np.flatnonzero(train)
     heldout = np.zeros_like(test)
-    heldout[rows[_stratified_mask(labels[rows], validation_fraction, split_seed + 1)]] = True
+    heldout[rows[splits.stratified_mask(labels[rows], validation_fraction, split_seed + 1)]] = True
     train = ~test & ~heldout
   return Split(images[train], labels[train]), Split(images[heldout], labels[heldout])
