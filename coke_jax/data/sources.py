@@ -1,13 +1,13 @@
-"""Where images come from: the bundled digits, TFDS datasets and image folders.
+"""Where images come from: bundled digits, Fashion-MNIST, TFDS datasets, image folders.
 
 Every example has a stable id in [0, N): its position in the source's
-canonical order of the split (digits: array row; image folder: sorted path;
+canonical order of the split (digits, Fashion-MNIST: array row; image folder: sorted path;
 TFDS: position in the split's files, in file order). The id indexes the
 clustering label tables, so it never depends on the epoch, the host or a
 restart.
 
 Two kinds of sources, told apart by `random_access`:
-  * random access (digits, image folders): `lookup(split, ids)` gives the
+  * random access (digits, Fashion-MNIST, image folders): `lookup(split, ids)` gives the
     examples of any ids (numpy), so an epoch follows an exact permutation;
   * streams (TFDS record files, which cannot be read at an offset):
     `read(split, lo, hi, shuffle_seed)` reads the ids in [lo, hi), either in
@@ -40,7 +40,7 @@ _SAME_AS_TRAIN = {"eval_train": "train"}
 
 
 class InMemorySource(NamedTuple):
-  """A dataset small enough to hold in host memory as float arrays (digits; tests)."""
+  """A dataset small enough to hold in host memory as float arrays (digits, Fashion-MNIST)."""
   name: str
   train_images: np.ndarray    # [N, H, W, C] float32
   train_labels: np.ndarray    # [N] int32, for evaluation only
@@ -410,6 +410,10 @@ def get_source(config):
   name = config.name
   if name == "digits":
     return _digits(config)
+  if name == "fashion_mnist":
+    # Imported here: fashion_mnist builds an InMemorySource, so it imports this module.
+    from coke_jax.data import fashion_mnist  # pylint: disable=g-import-not-at-top
+    return fashion_mnist.load(config.data_dir, config.validation_fraction, config.split_seed)
   if name == "image_folder":
     return ImageFolderSource.from_config(config)
   if name in TFDS_DATASETS:
@@ -417,4 +421,4 @@ def get_source(config):
     return TFDSSource.from_config(builder, TFDS_DATASETS[name], config)
   raise errors.ConfigError(
       f"config.dataset.name is {name!r}; known datasets: "
-      f"{sorted(['digits', 'image_folder', *TFDS_DATASETS])}.")
+      f"{sorted(['digits', 'fashion_mnist', 'image_folder', *TFDS_DATASETS])}.")
