@@ -28,7 +28,7 @@ from sklearn import datasets as sk_datasets
 from sklearn import metrics as sk_metrics
 
 from benchmarks import digits_data
-from coke_jax import clustering
+from coke_jax import kmeans
 from coke_jax.evaluation import metrics
 
 _TABLES = flags.DEFINE_list("tables", ["digits", "shifted", "million"], "Tables to print.")
@@ -54,7 +54,7 @@ def timed(fn):
 def quality_rows(x, truth, k, seeds, coke_settings, with_raw=True):
   xn = x / np.linalg.norm(x, axis=1, keepdims=True)
   methods = [(f"CoKeKMeans gamma'={ratio} centers={update}",
-              lambda seed, ratio=ratio, update=update: clustering.CoKeKMeans(
+              lambda seed, ratio=ratio, update=update: kmeans.CoKeKMeans(
                   k, min_size_ratio=ratio, center_update=update, seed=seed).fit(x).labels_)
              for ratio, update in coke_settings]
   methods.append(("KMeans(n_init=10), L2-normalized rows",
@@ -95,9 +95,9 @@ def shifted_table():
          "otherwise (batch 256, 20 epochs)", ["method", "ACC %", "NMI %", "ARI %", "smallest cluster",
                                      "fit s"])
   quality_rows(x, truth, 10, 3, [(0.4, "batch"), (0.9, "epoch")], with_raw=False)
-  model = clustering.CoKeKMeans(10, min_size_ratio=0.9, seed=0).fit(x)
+  model = kmeans.CoKeKMeans(10, min_size_ratio=0.9, seed=0).fit(x)
   sims = x.astype(np.float64) @ model.cluster_centers_.T.astype(np.float64)
-  (optimum, _), lp_seconds = timed(lambda: clustering.solve_assignment_lp(sims, 0.9 * len(x) / 10))
+  (optimum, _), lp_seconds = timed(lambda: kmeans.solve_assignment_lp(sims, 0.9 * len(x) / 10))
   obj = sims[np.arange(len(x)), model.labels_].sum()
   print(f"\nExact LP of Eq. 6 for the final CoKe centers (gamma' = 0.9): {lp_seconds:.1f} s; "
         f"the CoKe labels reach {100 * obj / optimum:.2f}% of its optimum.")
@@ -121,7 +121,7 @@ def million_table():
     x, truth = mixture(_ROWS.value, k)
     bound = 0.4 * len(x) / k
     for update, epochs in (("batch", 1), ("batch", 5), ("batch", 20), ("epoch", 20)):
-      model = clustering.CoKeKMeans(k, batch_size=1024, n_epochs=epochs, center_update=update,
+      model = kmeans.CoKeKMeans(k, batch_size=1024, n_epochs=epochs, center_update=update,
                                     seed=0)
       _, first = timed(lambda: model.fit(x))
       _, second = timed(lambda: model.fit(x))  # compiled: the cost of the run itself

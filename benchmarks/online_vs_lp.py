@@ -4,8 +4,8 @@
 
 Centers are fixed (k-means++ seeds, so some clusters are too small without the
 constraint); the LP of Eq. 6 is solved exactly with HiGHS
-(`clustering.solve_assignment_lp`), and the online assignment (Eqs. 8 and 9,
-the package's `clustering.online_epoch` with the centers held fixed) runs over
+(`kmeans.solve_assignment_lp`), and the online assignment (Eqs. 8 and 9,
+the package's `kmeans.online_epoch` with the centers held fixed) runs over
 the same points in random order in mini-batches. Reported, as means over
 --orders random orders (violation: the worst order):
 
@@ -51,6 +51,7 @@ from sklearn import cluster as sk_cluster
 from benchmarks.digits_data import digits_pixels
 from benchmarks.digits_data import shifted_digits
 from coke_jax import clustering
+from coke_jax import kmeans
 
 _TABLES = flags.DEFINE_list("tables", ["main", "eta", "sqrt_n", "small"], "Tables to print.")
 _COPIES = flags.DEFINE_integer("copies", 30, "Copies of digits (shifted, noisy) for the large N.")
@@ -77,7 +78,7 @@ def lp_optimum(name: str, sims: np.ndarray, min_size: float) -> tuple[float, flo
   if path and os.path.exists(path):
     return tuple(np.load(path))
   start = time.perf_counter()
-  optimum, _ = clustering.solve_assignment_lp(sims, min_size)
+  optimum, _ = kmeans.solve_assignment_lp(sims, min_size)
   result = (optimum, time.perf_counter() - start)
   if path:
     os.makedirs(_CACHE.value, exist_ok=True)
@@ -92,8 +93,8 @@ def online_labels(x, centers, min_size_frac, dual_lr, key, *, batch_size, epochs
 
   def epoch(carry, epoch_key):
     state, _ = carry
-    index, weight = clustering.batch_plan(epoch_key, x.shape[0], batch_size)
-    state, labels = clustering.online_epoch(state, x, index, weight, **step_kwargs)
+    index, weight = kmeans.batch_plan(epoch_key, x.shape[0], batch_size)
+    state, labels = kmeans.online_epoch(state, x, index, weight, **step_kwargs)
     return (clustering.start_epoch(state, centers), labels), None
 
   init = (clustering.init_online_state(centers), jnp.zeros((x.shape[0],), jnp.int32))
@@ -105,7 +106,7 @@ def online_labels(x, centers, min_size_frac, dual_lr, key, *, batch_size, epochs
 def projected_labels(x, centers, min_size_frac, dual_lr, key, *, batch_size):
   """One pass like `online_labels`, but the duals always projected on rho >= 0 (Sec. 4's
   max(0, .)), also at gamma' = 1 where `clustering.dual_update` leaves them free."""
-  index, weight = clustering.batch_plan(key, x.shape[0], batch_size)
+  index, weight = kmeans.batch_plan(key, x.shape[0], batch_size)
 
   def body(dual, batch):
     batch_index, batch_weight = batch

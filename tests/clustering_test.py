@@ -11,6 +11,7 @@ from sklearn import cluster as sk_cluster
 from sklearn import datasets as sk_datasets
 
 from coke_jax import clustering
+from coke_jax import kmeans
 
 
 class AssignmentTest(absltest.TestCase):
@@ -167,13 +168,13 @@ class CentersTest(absltest.TestCase):
   def test_online_epoch_writes_every_label_once(self):
     rng = np.random.default_rng(3)
     x = clustering.l2_normalize(jnp.asarray(rng.normal(size=(50, 3)), jnp.float32))
-    index, weight = clustering.batch_plan(jax.random.PRNGKey(0), 50, 16)
+    index, weight = kmeans.batch_plan(jax.random.PRNGKey(0), 50, 16)
     self.assertEqual(index.shape, (4, 16))
     self.assertEqual(float(weight.sum()), 50.0)
     np.testing.assert_array_equal(np.sort(np.asarray(index).ravel()[:50]), np.arange(50))
     state = clustering.init_online_state(x[:4])
     kwargs = dict(min_size_frac=0.2, dual_lr=0.5)
-    out, labels = clustering.online_epoch(state, x, index, weight, **kwargs)
+    out, labels = kmeans.online_epoch(state, x, index, weight, **kwargs)
     # Same as stepping by hand.
     ref, ref_labels = state, np.zeros(50, np.int32)
     for i, w in zip(index, weight):
@@ -300,8 +301,8 @@ def _online_labels(x, centers, ratio, batch_size, seed):
   """One random-order pass of Eqs. 8/9 with fixed centers and the default dual step."""
   k = centers.shape[0]
   state = clustering.init_online_state(jnp.asarray(centers))
-  index, weight = clustering.batch_plan(jax.random.PRNGKey(seed), len(x), batch_size)
-  _, labels = clustering.online_epoch(
+  index, weight = kmeans.batch_plan(jax.random.PRNGKey(seed), len(x), batch_size)
+  _, labels = kmeans.online_epoch(
       state, jnp.asarray(x), index, weight,
       min_size_frac=jnp.asarray(clustering.min_size_fractions(k, ratio)),
       dual_lr=clustering.default_dual_lr(k, batch_size, len(x)), batch_centers=False)
@@ -314,7 +315,7 @@ class ExactLPTest(parameterized.TestCase):
     rng = np.random.default_rng(5)
     sims = rng.uniform(size=(7, 3))
     min_size = np.array([3.0, 2.0, 1.0])
-    optimum, mu = clustering.solve_assignment_lp(sims, min_size)
+    optimum, mu = kmeans.solve_assignment_lp(sims, min_size)
     best = max(sims[np.arange(7), a].sum() for a in itertools.product(range(3), repeat=7)
                if np.all(np.bincount(a, minlength=3) >= min_size))
     # Integer bounds make the LP's vertices integral (a transportation problem).
@@ -329,7 +330,7 @@ class ExactLPTest(parameterized.TestCase):
     x, centers, sims = _shifted_digits_problem()
     k = centers.shape[0]
     min_size = ratio * len(x) / k
-    optimum, _ = clustering.solve_assignment_lp(sims, min_size)
+    optimum, _ = kmeans.solve_assignment_lp(sims, min_size)
     greedy_sizes = np.bincount(sims.argmax(1), minlength=k)
     self.assertLess(greedy_sizes.min(), 0.25 * len(x) / k)  # the constraint binds
     # The issue's targets (objective >= 99% of the optimum; violation <= 1% of gamma, 5% at
