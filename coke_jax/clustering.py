@@ -35,13 +35,19 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(norm, eps)
 
 
+def full_precision(x: jax.Array) -> jax.Array:
+  """`x` in the precision the clustering math runs in: float32 for a bfloat16 (or float32)
+  network, float64 when the whole step runs in float64 (the device-count equivalence tests)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def similarities(x: jax.Array, centers: jax.Array) -> jax.Array:
-  """s_ik = x_i^T c_k in float32 whatever the compute dtype: [..., D] x [K, D] -> [..., K].
+  """s_ik = x_i^T c_k in full precision whatever the compute dtype: [..., D] x [K, D] -> [..., K].
 
   For two views, Eq. 15 averages the views' similarities, which equals the
   similarity of the mean vector: pass `x.mean(0)` (Alg. 2's `x_mean`).
   """
-  return jnp.einsum("...d,kd->...k", x.astype(jnp.float32), centers.astype(jnp.float32))
+  return jnp.einsum("...d,kd->...k", full_precision(x), full_precision(centers))
 
 
 # --- Sec. 3.2.1: online assignment and its dual variables -----------------------------------
@@ -107,7 +113,7 @@ def assign(sims: jax.Array, dual: jax.Array) -> jax.Array:
 
 def cluster_counts(labels: jax.Array, weights: jax.Array, num_clusters: int) -> jax.Array:
   """n_k = sum_i w_i mu_ik: the weighted size of each cluster in a batch, [K]."""
-  return jax.ops.segment_sum(weights.astype(jnp.float32), labels, num_segments=num_clusters)
+  return jax.ops.segment_sum(full_precision(weights), labels, num_segments=num_clusters)
 
 
 def project_dual(rho: jax.Array, tau: Optional[float] = None) -> jax.Array:
@@ -178,8 +184,8 @@ def accumulate_centers(centers_sum: jax.Array, counts: jax.Array, x: jax.Array,
   (the mean over views for two views, as in Alg. 2).
   """
   num_clusters = centers_sum.shape[0]
-  x = x.astype(jnp.float32)
-  weights = weights.astype(jnp.float32)
+  x = full_precision(x)
+  weights = full_precision(weights)
   centers_sum = centers_sum + jax.ops.segment_sum(
       x * weights[:, None], labels, num_segments=num_clusters)
   counts = counts + cluster_counts(labels, weights, num_clusters)
@@ -221,7 +227,7 @@ def normalized_softmax_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
   `logits` are x_i^T c_k^{t-1} / lambda with unit-norm x and c.
   """
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(full_precision(logits), axis=-1)
   return -jnp.sum(targets * log_probs, axis=-1)
 
 
@@ -277,8 +283,9 @@ def sparse_soft_labels(ids: jax.Array, weights: jax.Array, num_clusters: int,
 
   `temperature` is lambda' (0.5 in the paper). A one-hot row stays one-hot.
   """
-  dense = jnp.zeros((ids.shape[0], num_clusters), jnp.float32)
-  dense = dense.at[jnp.arange(ids.shape[0])[:, None], ids].add(weights.astype(jnp.float32))
+  weights = full_precision(weights)
+  dense = jnp.zeros((ids.shape[0], num_clusters), weights.dtype)
+  dense = dense.at[jnp.arange(ids.shape[0])[:, None], ids].add(weights)
   logits = jnp.where(dense > 0, dense / temperature, -jnp.inf)
   return jax.nn.softmax(logits, axis=-1)
 
@@ -321,7 +328,7 @@ def online_step(state: OnlineState, x: jax.Array, weights: jax.Array, *,
   num_clusters = state.centers.shape[0]
   labels = assign(similarities(x, state.centers), state.dual)
   batch_counts = cluster_counts(labels, weights, num_clusters)
-  dual = dual_update(state.dual, batch_counts, jnp.sum(weights.astype(jnp.float32)),
+  dual = dual_update(state.dual, batch_counts, jnp.sum(full_precision(weights)),
                      min_size_frac, dual_lr, dual_l1_radius)
   centers_sum, counts = accumulate_centers(state.centers_sum, state.counts, x, labels, weights)
   centers = jnp.where(batch_centers, centers_from_sums(centers_sum, counts, state.centers),

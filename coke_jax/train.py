@@ -99,9 +99,13 @@ def create_train_state(config, model, objective, tx, image_shape, mesh) -> Train
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
     variables = model.init(model_rng, dummy, train=False)
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      objective=objective.init(objective_rng), rng=state_rng)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                       objective=objective.init(objective_rng), rng=state_rng)
+    if config.model.dtype == "float64":  # the verification mode: every float of the state
+      state = jax.tree_util.tree_map(
+          lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    return state
 
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(config.seed))
 

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import tensorflow as tf
 
@@ -101,11 +100,3 @@ def scalars(workdir: str, tag: str) -> dict[int, list[float]]:
           values.setdefault(event.step, []).append(float(np.asarray(
               tf.make_ndarray(value.tensor))))
   return values
-
-
-def assert_trees_equal(a, b):
-  """Bit-identical pytrees (params, labels, centers, duals, ...); names the leaf that differs."""
-  a, b = jax.device_get(a), jax.device_get(b)
-  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))

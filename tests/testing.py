@@ -1,5 +1,6 @@
-"""Shared helpers for tests: tiny configs and sources."""
+"""Shared helpers for tests: tiny configs and sources, and exact comparison of states."""
 
+import jax
 import numpy as np
 
 from coke_jax.data import sources
@@ -27,3 +28,11 @@ def random_source(num_train=64, num_heldout=16, shape=(8, 8, 1), num_classes=4, 
       rng.integers(0, num_classes, num_train).astype(np.int32),
       rng.uniform(size=(num_heldout, *shape)).astype(np.float32),
       rng.integers(0, num_classes, num_heldout).astype(np.int32), num_classes)
+
+
+def assert_trees_equal(a, b):
+  """Bit-identical pytrees (params, labels, centers, duals, ...); names the leaf that differs."""
+  a, b = jax.device_get(a), jax.device_get(b)
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))

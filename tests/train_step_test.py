@@ -1,11 +1,27 @@
-"""The sharded train step on 8 devices equals the same global batch on 1 device."""
+"""The sharded train step on 8 devices equals the same global batch on 1 device.
+
+Two claims, proved separately because only one of them can be exact:
+
+* The clustering update is a function of the gathered global batch that every
+  device evaluates identically, so given the same embeddings, ids and weights
+  its result (labels, duals, centers, sums, counts) is bit-identical on 8
+  devices and on 1, on any CPU (`ClusteringUpdateTest`).
+* The whole step (network, gradients, BatchNorm statistics, clustering) sums
+  over devices in another order than one device does. That is float rounding,
+  not a bug, but in float32 it reaches 1e-4 in the centers after a few learning
+  steps on some CPUs. The test therefore runs the step in float64, where the
+  same reassociation is about 1e-16 relative (`ShardedStepTest`).
+"""
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
 import numpy as np
 
 from coke_jax import models
+from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax import train
 from coke_jax.data import input_pipeline
@@ -32,37 +48,105 @@ def _run(config, source, devices, num_steps):
   return jax.device_get(state), history
 
 
+def _float_leaves(tree):
+  return [(jax.tree_util.keystr(path), np.asarray(x))
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)
+          if np.issubdtype(np.asarray(x).dtype, np.floating)]
+
+
+class ClusteringUpdateTest(absltest.TestCase):
+
+  def test_update_on_eight_devices_is_bit_identical_to_one(self):
+    """Exact by construction: the gather only moves data, in the global batch's order, and
+    every device then runs the same computation on the same gathered arrays."""
+    num_examples, batch, views, dim, epochs = 40, 16, 2, 8, 3
+    objective = objectives.CoKe(num_clusters=(4, 6), num_examples=num_examples, embed_dim=dim,
+                                min_size_ratio=0.5, dual_lr=0.5)
+    rng = np.random.default_rng(0)
+    steps = input_pipeline.steps_per_epoch(num_examples, batch)
+    # [epochs * steps, B, V, D] random unit embeddings; the last batch of an epoch is padded.
+    embeddings = rng.normal(size=(epochs * steps, batch, views, dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=-1, keepdims=True)
+    plans = [input_pipeline.epoch_plan(0, e, num_examples, batch) for e in range(epochs)]
+    index = np.concatenate([p[0] for p in plans]).astype(np.int32)
+    weight = np.concatenate([p[1] for p in plans])
+    self.assertEqual(weight[steps - 1].sum(), num_examples - (steps - 1) * batch)  # padded
+
+    def run(devices):
+      mesh = sharding.make_mesh(devices)
+
+      def one_step(state, rows, epoch):  # rows: this device's slice of the global batch
+        return objective.update(state, sharding.gather(jnp.swapaxes(rows["x"], 0, 1), axis=1),
+                                sharding.gather(rows["index"]), sharding.gather(rows["weight"]),
+                                epoch)
+
+      update = jax.jit(jax.shard_map(one_step, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS),
+                                                                    P()),
+                                     out_specs=(P(), P())))
+      end_epoch = jax.jit(objective.end_epoch)
+      state = objective.init(jax.random.PRNGKey(0))
+      history = []
+      for s in range(epochs * steps):
+        epoch = jnp.int32(s // steps)
+        rows = sharding.global_batch_from_host(
+            {"x": embeddings[s], "index": index[s], "weight": weight[s]}, mesh)
+        state, metrics = update(state, rows, epoch)
+        history.append(jax.device_get(metrics))
+        if (s + 1) % steps == 0:
+          state, _ = end_epoch(state, epoch)
+      return jax.device_get(state), history
+
+    one, one_metrics = run(jax.devices()[:1])
+    eight, eight_metrics = run(jax.devices())
+    testing.assert_trees_equal(one, eight)
+    testing.assert_trees_equal(one_metrics, eight_metrics)
+    # Not vacuous: the clustering moved and every head used several clusters.
+    for head in one:
+      self.assertGreater(len(np.unique(head.labels)), 2)
+      self.assertGreater(float(np.max(np.abs(head.dual))), 0.0)
+
+
 class ShardedStepTest(parameterized.TestCase):
 
   @parameterized.named_parameters(("two_views_pred_head", 2, 16), ("one_view", 1, 0))
-  def test_eight_devices_match_one(self, num_views, pred_hidden_dim):
+  def test_eight_devices_match_one_in_float64(self, num_views, pred_hidden_dim):
+    """The whole step in float64, 8 devices against 1: equal to a tolerance of 1e-9.
+
+    Where the tolerance comes from: the two runs differ only in the order of the
+    sums over the batch (gradients, BatchNorm statistics, the loss). One
+    reassociation changes a float64 sum of n terms by at most about n * 1.1e-16
+    of its magnitude, about 1e-14 here; in float32 the same steps differ by up to
+    1.2e-4 (issue 17), about 2,000 times float32's rounding of 6e-8, so the
+    training steps amplify rounding by no more than ~1e4. In float64 that bounds
+    the difference by ~1e-10, and 1e-9 leaves a margin (measured on a 2-core AMD
+    EPYC: 2.4e-13 at worst, in a momentum trace). A real fault (a padding
+    row counted, a gradient summed twice, a gather out of order) changes these
+    quantities by far more than 1e-6. Labels and counts must match exactly.
+    """
     self.assertEqual(jax.device_count(), 8)
     # 40 examples at batch 16: 3 steps per epoch, the last one padded with 8 weight-0 rows.
     config = testing.smoke_config(**{"global_batch_size": 16, "num_views": num_views,
                                      "model.pred_hidden_dim": pred_hidden_dim,
+                                     "model.dtype": "float64",
                                      "objective.num_clusters": (4, 6)})
     source = testing.random_source(num_train=40)
     num_steps = 8  # 3 scan steps, epoch end, 3 learning steps, epoch end, 2 more
-    one, one_hist = _run(config, source, jax.devices()[:1], num_steps)
-    eight, eight_hist = _run(config, source, jax.devices(), num_steps)
+    with jax.enable_x64(True):
+      one, one_hist = _run(config, source, jax.devices()[:1], num_steps)
+      eight, eight_hist = _run(config, source, jax.devices(), num_steps)
+      init = jax.device_get(train.Trainer(config, source, sharding.make_mesh()).init_state())
 
     self.assertEqual(int(one.step), num_steps)
+    self.assertEqual(one.params["projector"]["Dense_0"]["kernel"].dtype, np.float64)
     for h1, h8 in zip(one.objective, eight.objective):
       np.testing.assert_array_equal(h1.labels, h8.labels)
       np.testing.assert_array_equal(h1.prev_labels, h8.prev_labels)
-      np.testing.assert_allclose(h1.centers, h8.centers, atol=1e-5)
-      np.testing.assert_allclose(h1.prev_centers, h8.prev_centers, atol=1e-5)
-      np.testing.assert_allclose(h1.centers_sum, h8.centers_sum, atol=1e-4)
       np.testing.assert_array_equal(h1.counts, h8.counts)
-      np.testing.assert_allclose(h1.dual, h8.dual, atol=1e-5)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                           one.params, eight.params)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                           one.batch_stats, eight.batch_stats)
+    for (name, a), (_, b) in zip(_float_leaves(one), _float_leaves(eight)):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-9, err_msg=name)
     np.testing.assert_allclose([m["loss"] for m in one_hist], [m["loss"] for m in eight_hist],
-                               rtol=1e-5)
+                               rtol=0, atol=1e-9)
     # The learning steps really changed the parameters.
-    init = jax.device_get(train.Trainer(config, source, sharding.make_mesh()).init_state())
     moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), init.params,
                                    one.params)
     self.assertGreater(max(jax.tree_util.tree_leaves(moved)), 1e-4)

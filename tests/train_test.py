@@ -6,8 +6,6 @@ import subprocess
 import sys
 
 from absl.testing import absltest
-import jax
-import numpy as np
 
 from coke_jax import checkpointing
 from coke_jax import sharding
@@ -16,13 +14,6 @@ from coke_jax.data import sources
 from tests import testing
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _assert_trees_equal(test, a, b):
-  a, b = jax.device_get(a), jax.device_get(b)
-  test.assertEqual(jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b))
-  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_array_equal(x, y)
 
 
 class TrainAndEvaluateTest(absltest.TestCase):
@@ -50,9 +41,9 @@ class TrainAndEvaluateTest(absltest.TestCase):
       self.assertEqual(int(stopped.step), stop)
       # The checkpoint holds exactly the state the run stopped with.
       restored = self._restore(config, resumed_dir)
-      _assert_trees_equal(self, restored, stopped)
+      testing.assert_trees_equal(restored, stopped)
     resumed = train.train_and_evaluate(config, resumed_dir)
-    _assert_trees_equal(self, resumed, full)
+    testing.assert_trees_equal(resumed, full)
     with open(os.path.join(resumed_dir, "final_metrics.json")) as f:
       self.assertEqual(json.load(f), results)
 

@@ -1,5 +1,6 @@
 """Backbones and heads; `build_model` turns `config.model` into a Flax module."""
 
+import jax
 import jax.numpy as jnp
 
 from coke_jax import errors
@@ -16,7 +17,9 @@ BACKBONES = {
     "resnet50": resnet.resnet50,
     "vit_s16": vit.vit_small16,
 }
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# float64 is a verification mode (the device-count equivalence tests run the whole step in it,
+# where reassociation error is about 1e-16); it needs JAX's x64 mode.
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def build_model(model_config, axis_name=None) -> SSLModel:
@@ -25,7 +28,8 @@ def build_model(model_config, axis_name=None) -> SSLModel:
   `axis_name` names the mesh axis over which BatchNorm averages its batch
   statistics (synchronized BN); None outside a sharded step. `model.dtype`
   sets the compute dtype; parameters stay float32, and the embeddings the
-  clustering sees are cast to float32 (heads.SSLModel).
+  clustering sees are cast to float32 (heads.SSLModel). With "float64" (a
+  verification mode) the trainer stores the whole state in float64 too.
   """
   name = model_config.backbone
   if name not in BACKBONES:
@@ -34,6 +38,10 @@ def build_model(model_config, axis_name=None) -> SSLModel:
   if model_config.dtype not in _DTYPES:
     raise errors.ConfigError(
         f"config.model.dtype is {model_config.dtype!r}; use one of {sorted(_DTYPES)}.")
+  if model_config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise errors.ConfigError(
+        "config.model.dtype is 'float64', which needs JAX's 64-bit mode: set JAX_ENABLE_X64=1 "
+        "(float64 is meant for numerical checks; train in float32 or bfloat16).")
   dtype = _DTYPES[model_config.dtype]
   kwargs = dict(model_config.backbone_kwargs)
   if model_config.remat:

@@ -34,7 +34,7 @@ class SSLModel(nn.Module):
   """Backbone -> projection (-> prediction); returns unit-norm embeddings.
 
   Outputs: `features` [B, F] backbone features (what linear and kNN evaluation
-  use), `proj` [B, D] and optionally `pred` [B, D], L2-normalized in float32.
+  use), `proj` [B, D] and optionally `pred` [B, D], L2-normalized in float32 (float64 when the model computes in float64).
   """
   backbone: nn.Module
   projector: nn.Module
@@ -44,7 +44,7 @@ class SSLModel(nn.Module):
     features = self.backbone(images, train)
     z = self.projector(features, train)
     out = {"features": features,
-           "proj": clustering.l2_normalize(z.astype(jnp.float32))}
+           "proj": clustering.l2_normalize(clustering.full_precision(z))}
     if self.predictor is not None:
-      out["pred"] = clustering.l2_normalize(self.predictor(z, train).astype(jnp.float32))
+      out["pred"] = clustering.l2_normalize(clustering.full_precision(self.predictor(z, train)))
     return out

@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from coke_jax import clustering
 from coke_jax.models.batch_norm import BN_MOMENTUM
 
 
@@ -27,4 +28,4 @@ class SmallCNN(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                          axis_name=self.axis_name, dtype=self.dtype)(x)
         x = nn.relu(x)
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return jnp.mean(clustering.full_precision(x), axis=(1, 2))

@@ -211,7 +211,7 @@ class CoKe:
       weight: [B] 1 for real examples, 0 for padding (not counted, not written).
       epoch: the current epoch (0 is the scan), a traced scalar.
     """
-    x = jnp.mean(embeddings.astype(jnp.float32), axis=0)  # Alg. 2's x_mean; Eq. 15
+    x = jnp.mean(clustering.full_precision(embeddings), axis=0)  # Alg. 2's x_mean; Eq. 15
     # Padding rows are scattered out of bounds and dropped.
     write_index = jnp.where(weight > 0, index, self.num_examples)
     batch_centers = self._batch_centers(epoch)
