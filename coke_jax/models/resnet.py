@@ -1,4 +1,19 @@
-"""ResNet-18/34/50 (He et al., 2016) with the ImageNet stem or the CIFAR stem."""
+"""ResNet-18/34/50 (He et al., 2016) with the ImageNet stem or the CIFAR stem.
+
+The function is torchvision's `resnet18/34/50` (v1.5: the stride of a
+bottleneck sits on its 3x3 convolution) so that weights move between the two
+unchanged (`coke_jax.interop.torchvision`): every k x k convolution is padded
+by k // 2 on each side (torchvision's `padding=1` for 3x3, 3 for the 7x7 stem,
+0 for 1x1), the 3x3 stride-2 max-pool by 1 on each side with -inf, and
+BatchNorm uses torchvision's epsilon 1e-5 and momentum (0.1 in PyTorch's
+convention, `BN_MOMENTUM` here). XLA's "SAME" would pad a stride-2 layer on an
+even input by (0, 1), shifting every feature map by half a pixel against
+torchvision's.
+
+The CIFAR stem is the common adaptation for 32x32 inputs (a 3x3 stride-1
+`conv1`, no max-pool), torchvision's model with `conv1` replaced and
+`maxpool` set to the identity.
+"""
 
 from typing import Optional, Sequence
 
@@ -6,6 +21,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from coke_jax.models.batch_norm import BN_MOMENTUM
+
+BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default
+
+
+def _padding(kernel_size: int):
+  """torchvision's symmetric padding of a k x k window: k // 2 on each side of H and W."""
+  return [(kernel_size // 2, kernel_size // 2)] * 2
+
+
+def _conv(features: int, kernel_size: int, stride: int, dtype) -> nn.Conv:
+  return nn.Conv(features, (kernel_size, kernel_size), strides=stride,
+                 padding=_padding(kernel_size), use_bias=False, dtype=dtype)
 
 
 class _Block(nn.Module):
@@ -19,8 +46,7 @@ class _Block(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda w, k, s=1: nn.Conv(w, (k, k), strides=s, padding="SAME", use_bias=False,
-                                     dtype=self.dtype)
+    conv = lambda w, k, s=1: _conv(w, k, s, self.dtype)
     last_norm = lambda: self.norm(scale_init=nn.initializers.zeros if self.zero_init_last_bn
                                   else nn.initializers.ones)
     out_width = self.width * (4 if self.bottleneck else 1)
@@ -50,17 +76,15 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                                     epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype,
-                                     **kw)
+                                     epsilon=BN_EPSILON, axis_name=self.axis_name,
+                                     dtype=self.dtype, **kw)
     x = x.astype(self.dtype)
     if self.cifar_stem:
-      x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
-      x = nn.relu(norm()(x))
+      x = nn.relu(norm()(_conv(self.width, 3, 1, self.dtype)(x)))
     else:
-      x = nn.Conv(self.width, (7, 7), strides=2, padding=[(3, 3), (3, 3)], use_bias=False,
-                  dtype=self.dtype)(x)
-      x = nn.relu(norm()(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      x = nn.relu(norm()(_conv(self.width, 7, 2, self.dtype)(x)))
+      # Padding with -inf (what nn.max_pool pads with) never wins the max, as in torch.
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_padding(3))
     block_cls = nn.remat(_Block) if self.remat else _Block
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
