@@ -21,7 +21,8 @@ setuptools.setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "pillow>=10",                  # the pictures of coke_jax/evaluation/pictures.py
-        "scikit-learn>=1.4",
+        "safetensors>=0.4",            # weights for PyTorch (coke_jax/interop), no torch needed
+        "scikit-learn>=1.6",           # validate_data, __sklearn_tags__ (coke_jax/kmeans.py)
         "scipy>=1.11",
         "tensorboard>=2.16",
         "tensorflow-cpu>=2.16; platform_machine=='x86_64'",

@@ -1,4 +1,4 @@
-"""CoKeKMeans is a scikit-learn estimator: scikit-learn's own checks, clone, Pipeline, GridSearch."""
+"""CoKeKMeans is a scikit-learn estimator: its own checks, clone, Pipeline, GridSearchCV."""
 
 from absl.testing import absltest
 import numpy as np
