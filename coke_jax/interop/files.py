@@ -43,16 +43,23 @@ def _kind(path: str) -> str:
       f"one of {', '.join(_TORCH_SUFFIXES)}.")
 
 
-def _import_torch(path: str, action: str):
+def _import_torch(path: str, reading: bool):
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
+    if reading:
+      hint = ("convert it where torch is installed: python -c \"import torch, "
+              "safetensors.torch as st; st.save_file({k: v.contiguous() "
+              "for k, v in torch.load('in.pth', map_location='cpu', weights_only=True).items()}, "
+              "'in.safetensors')\" and pass in.safetensors")
+    else:
+      hint = ("write NAME.safetensors and convert it where torch is installed: python -c "
+              "\"import torch, safetensors.torch as st; "
+              "torch.save(st.load_file('NAME.safetensors'), 'NAME.pth')\"")
     raise errors.ConfigError(
-        f"{action} {path} needs PyTorch, which is not installed here (it is no dependency of "
-        "coke_jax). Install it (pip install torch), or use safetensors: where torch is installed, "
-        "python -c \"import torch, safetensors.torch as st; st.save_file({k: v.contiguous() for "
-        "k, v in torch.load('in.pth', map_location='cpu', weights_only=True).items()}, "
-        "'out.safetensors')\"") from None
+        f"{'Reading' if reading else 'Writing'} {path} needs PyTorch, which is not installed "
+        f"here (it is no dependency of coke_jax). Install it (pip install torch), or {hint}."
+    ) from None
   return torch
 
 
@@ -63,7 +70,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   if _kind(path) == "safetensors":
     import safetensors.numpy  # pylint: disable=g-import-not-at-top
     return dict(safetensors.numpy.load_file(path))
-  torch = _import_torch(path, "Reading")
+  torch = _import_torch(path, reading=True)
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pickle errors have many types; the message says which
@@ -93,7 +100,7 @@ def write_state_dict(path: str, state_dict: dict[str, np.ndarray],
     import safetensors.numpy  # pylint: disable=g-import-not-at-top
     safetensors.numpy.save_file(state_dict, path, metadata=metadata)
     return
-  torch = _import_torch(path, "Writing")
+  torch = _import_torch(path, reading=False)
   torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)
 
 
