@@ -11,6 +11,8 @@ import math
 
 import tensorflow as tf
 
+from coke_jax.data import device_augment
+
 
 def view_seed(seed: int, epoch, index, view: int, num_examples: int) -> tf.Tensor:
   """The [2] int64 stateless seed of one view of one example in one epoch."""
@@ -84,8 +86,8 @@ def digits_view(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
 # ---------------------------------------------------------------------------
 
 # Per-channel statistics of ImageNet, used by the official code for every view.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = device_augment.IMAGENET_MEAN
+IMAGENET_STD = device_augment.IMAGENET_STD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,13 +184,12 @@ def _uniform(seed, low, high):
   return tf.random.stateless_uniform([], seed, low, high)
 
 
-def color_jitter(image: tf.Tensor, seed: tf.Tensor,
-                 strength: tuple[float, float, float, float]) -> tf.Tensor:
-  """torchvision's ColorJitter: brightness, contrast, saturation, hue in a random order.
+def jitter_params(seed: tf.Tensor, strength: tuple[float, float, float, float]):
+  """ColorJitter's random draws: (brightness, contrast, saturation, hue, order [4] int32).
 
-  Brightness, contrast and saturation factors are uniform in [1 - s, 1 + s]
-  (brightness scales, contrast blends with the mean gray level, saturation
-  with the grayscale image); the hue shift is uniform in [-h, h] turns.
+  Brightness, contrast and saturation factors are uniform in [1 - s, 1 + s],
+  the hue shift uniform in [-h, h] turns; `order` lists the ops (0
+  brightness, 1 contrast, 2 saturation, 3 hue) in the order they apply.
   """
   brightness, contrast, saturation, hue = strength
   s_order, s_b, s_c, s_s, s_h = _split(seed, 5)
@@ -196,24 +197,44 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor,
   f_c = _uniform(s_c, max(0.0, 1 - contrast), 1 + contrast)
   f_s = _uniform(s_s, max(0.0, 1 - saturation), 1 + saturation)
   d_h = _uniform(s_h, -hue, hue)
+  order = tf.argsort(tf.random.stateless_uniform([4], s_order))
+  return f_b, f_c, f_s, d_h, order
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor,
+                 strength: tuple[float, float, float, float]) -> tf.Tensor:
+  """torchvision's ColorJitter: brightness, contrast, saturation, hue in a random order.
+
+  Brightness scales, contrast blends with the mean gray level, saturation
+  with the grayscale image, hue rotates in HSV (draws: `jitter_params`).
+  """
+  f_b, f_c, f_s, d_h, order = jitter_params(seed, strength)
   ops = [lambda x: tf.clip_by_value(x * f_b, 0.0, 1.0),
          lambda x: _blend(x, tf.reduce_mean(tf.image.rgb_to_grayscale(x)), f_c),
          lambda x: _blend(x, tf.image.rgb_to_grayscale(x), f_s),
          lambda x: tf.clip_by_value(tf.image.adjust_hue(x, d_h), 0.0, 1.0)]
-  order = tf.argsort(tf.random.stateless_uniform([4], s_order))
   for i in range(4):
     image = tf.switch_case(order[i], [functools.partial(op, image) for op in ops])
   return image
 
 
+def blur_radius(sigma_max: float, height: int, width: int) -> int:
+  """Kernel radius: 3 sigma, kept below the view's side (reflect padding needs it)."""
+  return max(1, min(math.ceil(3 * sigma_max), height - 1, width - 1))
+
+
+def blur_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
+  """The normalized Gaussian taps [2 radius + 1] of standard deviation `sigma` pixels."""
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-x ** 2 / (2 * sigma ** 2))
+  return kernel / tf.reduce_sum(kernel)
+
+
 def gaussian_blur(image: tf.Tensor, seed: tf.Tensor, sigma_range: tuple[float, float]) -> tf.Tensor:
   """Separable Gaussian blur with sigma uniform in `sigma_range` (PIL's GaussianBlur radius)."""
   sigma = _uniform(seed, sigma_range[0], sigma_range[1])
-  # 3 sigma each side; tiny views keep the kernel below their side (mirror padding needs it).
-  radius = max(1, min(math.ceil(3 * sigma_range[1]), image.shape[0] - 1, image.shape[1] - 1))
-  x = tf.range(-radius, radius + 1, dtype=tf.float32)
-  kernel = tf.exp(-x ** 2 / (2 * sigma ** 2))
-  kernel /= tf.reduce_sum(kernel)
+  radius = blur_radius(sigma_range[1], image.shape[0], image.shape[1])
+  kernel = blur_kernel(sigma, radius)
   channels = image.shape[-1]
   padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
                   mode="REFLECT")
@@ -225,7 +246,16 @@ def gaussian_blur(image: tf.Tensor, seed: tf.Tensor, sigma_range: tuple[float, f
 
 def solarize(image: tf.Tensor) -> tf.Tensor:
   """PIL's ImageOps.solarize at its default threshold 128: invert the bright pixels."""
-  return tf.where(image >= 128 / 255, 1.0 - image, image)
+  return tf.where(image >= device_augment.SOLARIZE_THRESHOLD, 1.0 - image, image)
+
+
+def _coin(seed, prob: float) -> tf.Tensor:
+  """True with probability `prob` (always for prob >= 1, never for prob <= 0)."""
+  if prob <= 0:
+    return tf.constant(False)
+  if prob >= 1:
+    return tf.constant(True)
+  return tf.random.stateless_uniform([], seed) < prob
 
 
 def _maybe(seed, prob: float, fn, image):
@@ -233,7 +263,54 @@ def _maybe(seed, prob: float, fn, image):
     return image
   if prob >= 1:
     return fn(image)
-  return tf.cond(tf.random.stateless_uniform([], seed) < prob, lambda: fn(image), lambda: image)
+  return tf.cond(_coin(seed, prob), lambda: fn(image), lambda: image)
+
+
+def _view_seeds(seed: tf.Tensor) -> dict[str, tf.Tensor]:
+  """The eight seeds of one view's draws, in the order `natural_view` has always split them."""
+  names = ("crop", "jitter_apply", "jitter", "grayscale", "blur_apply", "blur", "solarize",
+           "flip")
+  return dict(zip(names, _split(seed, len(names))))
+
+
+def crop_window(image_shape: tf.Tensor, seed: tf.Tensor, spec: ViewSpec):
+  """(top, left, h, w) of the view's random resized crop in an image of shape [H, W, ...]."""
+  return random_resized_crop_window(_view_seeds(seed)["crop"], image_shape[0], image_shape[1],
+                                    spec.crop_scale, spec.crop_ratio)
+
+
+def crop_view(image: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+  """The view's random resized crop of a uint8 [H, W, 3] image: float32 [size, size, 3], [0, 1]."""
+  top, left, h, w = crop_window(tf.shape(image), seed, spec)
+  view = resize(tf.slice(image, [top, left, 0], [h, w, 3]), [spec.size, spec.size])
+  view.set_shape([spec.size, spec.size, 3])
+  return view
+
+
+def crop_view_uint8(image: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+  """`crop_view` rounded to uint8 [size, size, 3]: what the host sends for the device path."""
+  top, left, h, w = crop_window(tf.shape(image), seed, spec)
+  view = tf.image.resize(tf.slice(image, [top, left, 0], [h, w, 3]), [spec.size, spec.size],
+                         method="bilinear", antialias=True)
+  view = tf.cast(tf.clip_by_value(tf.round(view), 0.0, 255.0), tf.uint8)
+  view.set_shape([spec.size, spec.size, 3])
+  return view
+
+
+def augment_crop(view: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+  """The recipe after the crop, on a float32 [size, size, 3] view in [0, 1].
+
+  The order of the official code: jitter, grayscale, blur, solarize, flip.
+  """
+  s = _view_seeds(seed)
+  view = _maybe(s["jitter_apply"], spec.jitter_prob,
+                lambda x: color_jitter(x, s["jitter"], spec.jitter), view)
+  view = _maybe(s["grayscale"], spec.grayscale_prob,
+                lambda x: tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]), view)
+  view = _maybe(s["blur_apply"], spec.blur_prob,
+                lambda x: gaussian_blur(x, s["blur"], spec.blur_sigma), view)
+  view = _maybe(s["solarize"], spec.solarize_prob, solarize, view)
+  return _maybe(s["flip"], spec.flip_prob, lambda x: x[:, ::-1], view)
 
 
 def natural_view(image: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
@@ -241,19 +318,34 @@ def natural_view(image: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor
 
   The order of the official code: crop, jitter, grayscale, blur, solarize, flip.
   """
-  s_crop, s_jit_apply, s_jit, s_gray, s_blur_apply, s_blur, s_sol, s_flip = _split(seed, 8)
-  shape = tf.shape(image)
-  top, left, h, w = random_resized_crop_window(s_crop, shape[0], shape[1], spec.crop_scale,
-                                               spec.crop_ratio)
-  view = resize(tf.slice(image, [top, left, 0], [h, w, 3]), [spec.size, spec.size])
-  view.set_shape([spec.size, spec.size, 3])
-  view = _maybe(s_jit_apply, spec.jitter_prob, lambda x: color_jitter(x, s_jit, spec.jitter), view)
-  view = _maybe(s_gray, spec.grayscale_prob,
-                lambda x: tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]), view)
-  view = _maybe(s_blur_apply, spec.blur_prob, lambda x: gaussian_blur(x, s_blur, spec.blur_sigma),
-                view)
-  view = _maybe(s_sol, spec.solarize_prob, solarize, view)
-  return _maybe(s_flip, spec.flip_prob, lambda x: x[:, ::-1], view)
+  return augment_crop(crop_view(image, seed, spec), seed, spec)
+
+
+def view_params(seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+  """The draws of `augment_crop` as the float32 vector `device_augment.augment_view` takes.
+
+  Layout `device_augment.PARAMS`, then the blur kernel's taps (the identity
+  kernel when the view draws no blur). The same seeds and draws as
+  `natural_view`, so the device path makes the same view up to the uint8
+  rounding of the crop.
+  """
+  s = _view_seeds(seed)
+  flag = lambda name, prob: tf.cast(_coin(s[name], prob), tf.float32)
+  f_b, f_c, f_s, d_h, order = jitter_params(s["jitter"], spec.jitter)
+  radius = blur_radius(spec.blur_sigma[1], spec.size, spec.size)
+  identity = tf.one_hot(radius, 2 * radius + 1, dtype=tf.float32)
+  if spec.blur_prob > 0:
+    sigma = _uniform(s["blur"], spec.blur_sigma[0], spec.blur_sigma[1])
+    kernel = tf.where(_coin(s["blur_apply"], spec.blur_prob), blur_kernel(sigma, radius),
+                      identity)
+  else:
+    kernel = identity
+  fields = {"jitter": flag("jitter_apply", spec.jitter_prob), "brightness": f_b,
+            "contrast": f_c, "saturation": f_s, "hue": d_h,
+            **{f"order{i}": tf.cast(order[i], tf.float32) for i in range(4)},
+            "grayscale": flag("grayscale", spec.grayscale_prob),
+            "solarize": flag("solarize", spec.solarize_prob), "flip": flag("flip", spec.flip_prob)}
+  return tf.concat([tf.stack([fields[name] for name in device_augment.PARAMS]), kernel], 0)
 
 
 def center_view(image: tf.Tensor, size: int, crop_fraction: float) -> tf.Tensor:

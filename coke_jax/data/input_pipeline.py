@@ -24,6 +24,7 @@ batch): they keep their place with weight 0, and their number is logged at
 the end of the epoch.
 """
 
+import contextlib
 import math
 
 from absl import logging
@@ -32,6 +33,7 @@ import tensorflow as tf
 
 from coke_jax import errors
 from coke_jax.data import augment
+from coke_jax.data import device_augment
 from coke_jax.data import order
 
 steps_per_epoch = order.steps_per_epoch
@@ -112,6 +114,12 @@ def _batches(ds: tf.data.Dataset, batch_size: int, source, split: str, what: str
                       what, len(bad), names, ", ..." if len(bad) > 10 else "")
 
 
+def augment_on_device(config) -> bool:
+  """`config.augment.on_device`: send uint8 crops and draws, augment inside the step."""
+  # Read with a default until config_base declares the key (the trainer's side of the switch).
+  return bool(config.augment.get("on_device", False))
+
+
 def train_batches(source, config, epoch: int, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1):
   """Yields this host's part of each global batch of `epoch`, from `start_step` on.
@@ -122,6 +130,13 @@ def train_batches(source, config, epoch: int, start_step: int = 0, process_index
   images that failed to decode) and `label` [b] int32 (the class, -1 if
   unlabeled, for evaluation code; pretraining never reads it), with
   b = global_batch / process_count.
+
+  Natural images come in one of two forms. Host-only (`augment.on_device`
+  False): the finished views, float32 and normalized. Device path (True): the
+  random resized crops as uint8 with each view's draws, `view_params`
+  [b, V, P] (and `small_view_params` [b, S, P']) float32, which
+  `device_augment.augment_batch` turns into the same normalized float32 views
+  inside the step. Array sources (digits) always send finished float32 views.
   """
   seed, num_train = config.seed, source.num_train
   num_views, num_small = config.num_views, config.num_small_views
@@ -130,17 +145,25 @@ def train_batches(source, config, epoch: int, start_step: int = 0, process_index
   if source.encoded:
     large, small = augment.view_specs(config.augment, num_views, num_small, source.image_size)
     ds = _decoded(ds, source, source.image_size)
+    on_device = augment_on_device(config)
 
     def make_views(example):
       image, index = example["image"], example["index"]
-      views = {"images": augment.normalize(tf.stack([
-          augment.natural_view(image, augment.view_seed(seed, epoch, index, v, num_train), spec)
-          for v, spec in enumerate(large)]))}
-      if small:
-        views["small_images"] = augment.normalize(tf.stack([
-            augment.natural_view(
-                image, augment.view_seed(seed, epoch, index, num_views + v, num_train), spec)
-            for v, spec in enumerate(small)]))
+      views = {}
+      for (image_key, params_key), specs, first in zip(device_augment.VIEW_KEYS,
+                                                      (large, small), (0, num_views)):
+        if not specs:
+          continue
+        seeds = [augment.view_seed(seed, epoch, index, first + v, num_train)
+                 for v in range(len(specs))]
+        if on_device:
+          views[image_key] = tf.stack([augment.crop_view_uint8(image, s, spec)
+                                       for s, spec in zip(seeds, specs)])
+          views[params_key] = tf.stack([augment.view_params(s, spec)
+                                        for s, spec in zip(seeds, specs)])
+        else:
+          views[image_key] = augment.normalize(tf.stack([
+              augment.natural_view(image, s, spec) for s, spec in zip(seeds, specs)]))
       return _finish(example, views)
   else:
     if num_small:
@@ -157,6 +180,28 @@ def train_batches(source, config, epoch: int, start_step: int = 0, process_index
   ds = ds.map(make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   per_host = config.global_batch_size // process_count
   yield from _batches(ds, per_host, source, "train", f"{source.name} epoch {epoch}")
+
+
+def train_stream(source, config, start_step: int, end_step: int, process_index: int = 0,
+                 process_count: int = 1):
+  """This host's batches of global steps [start_step, end_step), across epoch boundaries.
+
+  Batch s is batch s % steps_per_epoch of epoch s // steps_per_epoch (epoch 0
+  is the scan), exactly as `train_batches` yields it, so one iterator (and one
+  `prefetch.DevicePrefetch`) can feed a whole run without stalling at each
+  epoch's start. Closing it closes the epoch's `train_batches`.
+  """
+  spe = steps_per_epoch(source.num_train, config.global_batch_size)
+  step = start_step
+  while step < end_step:
+    epoch, start = divmod(step, spe)
+    with contextlib.closing(train_batches(source, config, epoch, start, process_index,
+                                          process_count)) as batches:
+      for batch in batches:
+        yield batch
+        step += 1
+        if step == end_step:
+          return
 
 
 def eval_batches(source, split: str, batch_size: int, process_index: int = 0,

@@ -4,7 +4,9 @@
       --out=docs/images/digits_views.png
 
 The views come from `input_pipeline.train_batches` (the first batch of
---epoch), so the grid shows exactly what a run with this config trains on.
+--epoch) and, for natural images, the device path (`augment.on_device`:
+uint8 crops from the host, then `device_augment.augment_batch`), so the grid
+shows exactly what a run with this config trains on.
 Columns: the un-augmented image (natural images: the evaluation crop), the
 large views, then the multi-crop small views (drawn at their own size).
 """
@@ -15,11 +17,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+import jax
 from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
 
 from coke_jax.data import augment
+from coke_jax.data import device_augment
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
 
@@ -77,7 +81,9 @@ def render(config, num_examples: int, epoch: int, min_cell: int) -> np.ndarray:
   num_examples = min(num_examples, source.num_train)
   with config.unlocked():
     config.global_batch_size = num_examples
+    config.augment.on_device = True
   batch = next(iter(input_pipeline.train_batches(source, config, epoch)))
+  batch = jax.device_get(jax.jit(device_augment.augment_batch)(batch))
   originals = _to_display(_originals(source, batch["index"]), False)
   large = _to_display(batch["images"], source.encoded)
   small = _to_display(batch["small_images"], True) if "small_images" in batch else None
