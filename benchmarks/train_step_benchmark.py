@@ -2,7 +2,14 @@
 
   python -m benchmarks.train_step_benchmark --backbones=small_cnn,resnet18 --batch_size=128
 
-(from the repository root, so that `configs` imports). Prints three tables
+(from the repository root, so that `configs` imports). A backbone may carry
+keyword arguments and the input size may be set for all of them, e.g. the
+candidates for Fashion-MNIST (28x28 grayscale):
+
+  python -m benchmarks.train_step_benchmark --image_size=28 --channels=1 --tables=1 \
+      --backbones=small_cnn:widths=16-32-64,resnet18:width=32 --batch_size=128
+
+Prints three tables
 (--tables picks some):
   1. per backbone at its resolution and per number of views (--num_views):
      compile time, median step time, examples/s and views/s (and the fraction
@@ -20,6 +27,7 @@ measures the step, not the input pipeline (see input_pipeline_benchmark.py).
 """
 
 import dataclasses
+import re
 import statistics
 import time
 
@@ -47,6 +55,12 @@ _CLUSTERS = flags.DEFINE_list("clusters", ["3000", "3000", "3000"], "K of each h
 _OVERHEAD_BACKBONE = flags.DEFINE_string("overhead_backbone", "resnet18",
                                          "Backbone for tables 2 and 3.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak FLOP/s of one device in TFLOP/s; 0: skip.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Side of the input images for every backbone "
+                                   "(28 for Fashion-MNIST); 0: each backbone's own.")
+_CHANNELS = flags.DEFINE_integer("channels", 0, "Channels of the input images for every "
+                                 "backbone (1: grayscale); 0: each backbone's own.")
+_CPU_TIME = flags.DEFINE_bool("cpu_time", False, "Table 1 adds the median process CPU time per "
+                              "step, all threads: steadier than wall-clock on a shared host.")
 
 # Resolution and stem of each backbone in its config.
 _RESOLUTION = {"small_cnn": (8, 1, {}), "resnet18": (32, 3, {"cifar_stem": True}),
@@ -62,12 +76,44 @@ class FixedTargets(objectives.CoKe):
     return heads, {}
 
 
+def parse_backbone(spec: str) -> tuple[str, dict]:
+  """'resnet18:width=32:cifar_stem=false' -> ('resnet18', {'width': 32, 'cifar_stem': False}).
+
+  Values are true/false, numbers, or integers joined by '-' for a tuple
+  (`small_cnn:widths=16-32-64`; commas would split the flag's list).
+  """
+  name, *pairs = spec.split(":")
+  kwargs = {}
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    if not sep or not key or not value:
+      raise app.UsageError(f"--backbones entry {spec!r}: {pair!r} is not key=value.")
+    if value.lower() in ("true", "false"):
+      kwargs[key] = value.lower() == "true"
+    elif re.fullmatch(r"\d+(-\d+)+", value):
+      kwargs[key] = tuple(int(v) for v in value.split("-"))
+    else:
+      try:
+        number = float(value)
+      except ValueError:
+        raise app.UsageError(f"--backbones entry {spec!r}: {key}={value!r} is not a number, "
+                             "true/false or integers joined by '-'.") from None
+      kwargs[key] = int(value) if value.lstrip("-").isdigit() else number
+  if name not in _RESOLUTION:
+    raise app.UsageError(f"--backbones entry {spec!r}: unknown backbone {name!r}; known: "
+                         f"{sorted(_RESOLUTION)}.")
+  return name, kwargs
+
+
 def _config(backbone: str, num_clusters, num_views: int):
-  """The paper's ImageNet config for this many views (Table 5 or 7) on `backbone`."""
+  """The paper's ImageNet config for this many views (Table 5 or 7) on `backbone` (a spec of
+  `parse_backbone`), at the backbone's resolution unless --image_size/--channels set it."""
   config = (coke_single_view if num_views == 1 else coke_two_view).get_config()
+  backbone, overrides = parse_backbone(backbone)
   size, channels, kwargs = _RESOLUTION[backbone]
+  size, channels = _IMAGE_SIZE.value or size, _CHANNELS.value or channels
   config.model.backbone = backbone
-  config.model.backbone_kwargs = kwargs
+  config.model.backbone_kwargs = {**kwargs, **overrides}
   config.model.dtype = _DTYPE.value
   if backbone == "small_cnn":
     config.model.proj_hidden_dim = 256
@@ -116,7 +162,8 @@ def flops_on_cpu(config, image_shape, num_examples: int, objective_cls) -> float
 
 def time_step(config, image_shape, num_examples: int, objective_cls=objectives.CoKe,
               count_flops: bool = True):
-  """(compile seconds, median step seconds, FLOPs per device-step) of the learning step."""
+  """(compile seconds, median step seconds, FLOPs per device-step, median process CPU seconds
+  per step over all threads) of the learning step."""
   mesh = sharding.make_mesh()
   sharding.check_batch_divides(config.global_batch_size, mesh)
   step, state, batch = _build_step(config, image_shape, num_examples, objective_cls, mesh)
@@ -133,13 +180,14 @@ def time_step(config, image_shape, num_examples: int, objective_cls=objectives.C
     flops = flops_on_cpu(config, image_shape, num_examples, objective_cls)
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
-  times = []
+  times, cpu_times = [], []
   for _ in range(_STEPS.value):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  return compile_s, statistics.median(times), flops
+    cpu_times.append(time.process_time() - cpu_start)
+  return compile_s, statistics.median(times), flops, statistics.median(cpu_times)
 
 
 def main(argv):
@@ -152,12 +200,14 @@ def main(argv):
 
   if "1" in _TABLES.value:
     print("\n| backbone | input | views | compile s | step ms | examples/s | views/s | "
-          "TFLOP per device-step |" + (" % of peak |" if _PEAK.value else ""))
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if _PEAK.value else ""))
+          "TFLOP per device-step |" + (" % of peak |" if _PEAK.value else "")
+          + (" CPU ms |" if _CPU_TIME.value else ""))
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if _PEAK.value else "")
+          + (" --- |" if _CPU_TIME.value else ""))
     for backbone in _BACKBONES.value:
       for num_views in views:
         config, shape = _config(backbone, clusters, num_views)
-        compile_s, step_s, flops = time_step(config, shape, 1_281_167)
+        compile_s, step_s, flops, cpu_s = time_step(config, shape, 1_281_167)
         row = (f"| {backbone} | {shape[0]}x{shape[1]}x{shape[2]} | {num_views} | "
                f"{compile_s:.1f} | {step_s * 1e3:.1f} | {_BATCH.value / step_s:,.0f} | "
                f"{num_views * _BATCH.value / step_s:,.0f} | "
@@ -165,6 +215,8 @@ def main(argv):
         if _PEAK.value:
           # cost_analysis counts the per-device program; all devices run one each.
           row += (f" {100 * flops / step_s / (_PEAK.value * 1e12):.1f} |" if flops else " n/a |")
+        if _CPU_TIME.value:
+          row += f" {cpu_s * 1e3:,.0f} |"
         print(row, flush=True)
 
   config, shape = _config(_OVERHEAD_BACKBONE.value, clusters, views[-1])
@@ -173,8 +225,8 @@ def main(argv):
           f"K = {'+'.join(_CLUSTERS.value)}, D = {config.model.embed_dim}, N = 1,281,167)")
     print("| step | step ms | vs fixed targets |")
     print("| --- | --- | --- |")
-    _, fixed, _ = time_step(config, shape, 1_281_167, FixedTargets, count_flops=False)
-    _, coke, _ = time_step(config, shape, 1_281_167, count_flops=False)
+    _, fixed, _, _ = time_step(config, shape, 1_281_167, FixedTargets, count_flops=False)
+    _, coke, _, _ = time_step(config, shape, 1_281_167, count_flops=False)
     print(f"| fixed targets | {fixed * 1e3:.1f} | |")
     print(f"| CoKe | {coke * 1e3:.1f} | {100 * (coke / fixed - 1):+.1f}% |", flush=True)
 
@@ -183,7 +235,7 @@ def main(argv):
     print("| N (examples) | label tables MB | step ms |")
     print("| --- | --- | --- |")
     for n in (10_000, 10_000_000):
-      _, step_s, _ = time_step(config, shape, n, count_flops=False)
+      _, step_s, _, _ = time_step(config, shape, n, count_flops=False)
       table_mb = 2 * len(clusters) * n * 4 / 2**20
       print(f"| {n:,} | {table_mb:,.0f} | {step_s * 1e3:.1f} |", flush=True)
 
