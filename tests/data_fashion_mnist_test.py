@@ -158,7 +158,7 @@ class LoadTest(absltest.TestCase):
     labels = os.path.join(folder, "train-labels-idx1-ubyte.gz")
     write(labels[:-3], idx_bytes(fake_split(39)[1]), gz=True)
     with self.assertRaisesRegex(errors.ConfigError, "train-images-idx3-ubyte.gz holds 40 images "
-                                "but .*train-labels-idx1-ubyte.gz holds 39 labels"):
+                                "but .*train-labels-idx1-ubyte.gz holds 39 labels.*replace them"):
       fashion_mnist.load(folder)
     write(labels[:-3], idx_bytes(fake_split(40)[0]), gz=True)  # an image file as labels
     with self.assertRaisesRegex(errors.ConfigError, r"labels-idx1-ubyte.gz holds uint8 of shape "

@@ -48,6 +48,7 @@ _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2")
 _GZIP_MAGIC = b"\x1f\x8b"
 _REPLACE = ("replace it with an intact copy (`apt-get install --reinstall "
             "dataset-fashion-mnist` for the Debian files)")
+_REPLACE_BOTH = _REPLACE.replace("it with an intact copy", "them with intact copies")
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -114,13 +115,13 @@ def read_split(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarr
     raise errors.ConfigError(
         f"{images_path} holds {len(images):,} images but {labels_path} holds {len(labels):,} "
         "labels; a split's two files must have the same count (a file of another split or "
-        f"dataset?); {_REPLACE}.")
+        f"dataset?); {_REPLACE_BOTH}.")
   if not len(images):
     raise errors.ConfigError(f"{images_path} holds no images; {_REPLACE}.")
   bad = np.flatnonzero(labels >= NUM_CLASSES)
   if len(bad):
     raise errors.ConfigError(
-        f"{labels_path} has label {labels[bad[0]]} at position {bad[0]} ({len(bad):,} labels "
+        f"{labels_path} has label {labels[bad[0]]} at position {bad[0]} ({len(bad):,} label(s) "
         f"outside 0-{NUM_CLASSES - 1}); Fashion-MNIST has {NUM_CLASSES} classes; {_REPLACE}.")
   return images, labels.astype(np.int32)
 
