@@ -133,18 +133,25 @@ class ImageFolderTest(absltest.TestCase):
       sources.get_source(self._config(**{"dataset.heldout_dir": ""}).dataset)
 
   def test_resume_hosts_and_multicrop(self):
-    config = self._config(num_small_views=2, **{"augment.small_image_size": 8})
-    full = self._epoch(config, 2)
-    self.assertEqual(full[0]["images"].shape, (6, 2, 16, 16, 3))
-    self.assertEqual(full[0]["small_images"].shape, (6, 2, 8, 8, 3))
-    rest = self._epoch(config, 2, start=1)
-    parts = [self._epoch(config, 2, process_index=p, process_count=2) for p in range(2)]
-    for step, batch in enumerate(full):
-      for key in ("images", "small_images", "index", "weight"):
-        if step >= 1:
-          np.testing.assert_array_equal(batch[key], rest[step - 1][key])
-        np.testing.assert_array_equal(
-            batch[key], np.concatenate([parts[0][step][key], parts[1][step][key]]))
+    for on_device in (False, True):  # finished views, or the canvas and view parameters
+      config = self._config(num_small_views=2, **{"augment.small_image_size": 8})
+      with config.unlocked():
+        config.augment.on_device = on_device
+      full = self._epoch(config, 2)
+      if on_device:
+        self.assertEqual(full[0]["canvas"].shape, (6, 64, 64, 3))  # augment.canvas_size(16)
+        self.assertEqual(full[0]["small_view_params"].shape[:2], (6, 2))
+      else:
+        self.assertEqual(full[0]["images"].shape, (6, 2, 16, 16, 3))
+        self.assertEqual(full[0]["small_images"].shape, (6, 2, 8, 8, 3))
+      rest = self._epoch(config, 2, start=1)
+      parts = [self._epoch(config, 2, process_index=p, process_count=2) for p in range(2)]
+      for step, batch in enumerate(full):
+        for key in batch:
+          if step >= 1:
+            np.testing.assert_array_equal(batch[key], rest[step - 1][key])
+          np.testing.assert_array_equal(
+              batch[key], np.concatenate([parts[0][step][key], parts[1][step][key]]))
     with self.assertRaisesRegex(ValueError, "does not divide over 4 processes"):
       self._epoch(config, 0, process_count=4)
 

@@ -103,13 +103,18 @@ class TFDSSourceTest(absltest.TestCase):
     self.assertFalse(np.array_equal(order_a[:45], np.sort(order_a[:45])))  # shuffled
 
   def test_resume_mid_epoch_is_exact(self):
-    config = self._config()
-    full = self._epoch(config, 3)
-    rest = self._epoch(config, 3, start=4)
-    self.assertLen(rest, len(full) - 4)
-    for x, y in zip(full[4:], rest):
-      for key in ("images", "index", "weight", "label"):
-        np.testing.assert_array_equal(x[key], y[key])
+    for on_device in (False, True):  # finished views, or the canvas and view parameters
+      config = self._config()
+      with config.unlocked():
+        config.augment.on_device = on_device
+      full = self._epoch(config, 3)
+      rest = self._epoch(config, 3, start=4)
+      self.assertLen(rest, len(full) - 4)
+      for x, y in zip(full[4:], rest):
+        self.assertEqual(set(x), {"canvas", "view_params", "index", "weight", "label"}
+                         if on_device else {"images", "index", "weight", "label"})
+        for key in x:
+          np.testing.assert_array_equal(x[key], y[key])
 
   def test_stl10_pretrains_on_unlabeled_and_evaluates_on_labeled(self):
     config = self._config("coke_fake_stl10", global_batch_size=4)

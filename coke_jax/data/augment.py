@@ -287,16 +287,6 @@ def crop_view(image: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
   return view
 
 
-def crop_view_uint8(image: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
-  """`crop_view` rounded to uint8 [size, size, 3]: what the host sends for the device path."""
-  top, left, h, w = crop_window(tf.shape(image), seed, spec)
-  view = tf.image.resize(tf.slice(image, [top, left, 0], [h, w, 3]), [spec.size, spec.size],
-                         method="bilinear", antialias=True)
-  view = tf.cast(tf.clip_by_value(tf.round(view), 0.0, 255.0), tf.uint8)
-  view.set_shape([spec.size, spec.size, 3])
-  return view
-
-
 def augment_crop(view: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
   """The recipe after the crop, on a float32 [size, size, 3] view in [0, 1].
 
@@ -321,13 +311,43 @@ def natural_view(image: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor
   return augment_crop(crop_view(image, seed, spec), seed, spec)
 
 
-def view_params(seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
-  """The draws of `augment_crop` as the float32 vector `device_augment.augment_view` takes.
+def canvas_size(image_size: int) -> int:
+  """The default canvas side for views of `image_size`: 2.25 x, to a multiple of 32 (224: 512).
 
-  Layout `device_augment.PARAMS`, then the blur kernel's taps (the identity
-  kernel when the view draws no blur). The same seeds and draws as
-  `natural_view`, so the device path makes the same view up to the uint8
-  rounding of the crop.
+  Large enough for ImageNet's images (mostly at most 500 px on their longer
+  side), which then keep the exact `natural_view` semantics; larger images are
+  shrunk to fit (`fit_within`) before their views are drawn.
+  """
+  return 32 * math.ceil(2.25 * image_size / 32)
+
+
+def fit_within(image: tf.Tensor, side: int) -> tf.Tensor:
+  """A uint8 image, shrunk (antialiased, aspect kept, rounded) if a side exceeds `side` px."""
+  shape = tf.shape(image)
+  longer = tf.maximum(shape[0], shape[1])
+
+  def shrink():
+    scale = side / tf.cast(longer, tf.float32)
+    size = tf.maximum(1, tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale), tf.int32))
+    size = tf.minimum(size, side)
+    resized = tf.image.resize(image, size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+  return tf.cond(longer > side, shrink, lambda: image)
+
+
+def crop_windows(image_shape: tf.Tensor, seeds, specs) -> tf.Tensor:
+  """The views' crop windows [n, 4] int32 (top, left, h, w) in an image of `image_shape`."""
+  return tf.stack([tf.stack(crop_window(image_shape, s, spec)) for s, spec in zip(seeds, specs)])
+
+
+def view_params(seed: tf.Tensor, spec: ViewSpec, window: tf.Tensor) -> tf.Tensor:
+  """The view's parameters as the float32 vector `device_augment.augment_view` takes.
+
+  Layout `device_augment.PARAMS` (the crop `window` (top, left, h, w), TF's
+  inverse resize scales, the draws of `augment_crop`), then the blur kernel's
+  taps (the identity kernel when the view draws no blur). The same seeds and
+  draws as `natural_view`, so the device makes the same view.
   """
   s = _view_seeds(seed)
   flag = lambda name, prob: tf.cast(_coin(s[name], prob), tf.float32)
@@ -340,7 +360,12 @@ def view_params(seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
                       identity)
   else:
     kernel = identity
-  fields = {"jitter": flag("jitter_apply", spec.jitter_prob), "brightness": f_b,
+  window = tf.cast(window, tf.float32)
+  # tf.image.resize's scale is size / input, and ScaleAndTranslate inverts it: round as they do.
+  inv_scale = 1.0 / (tf.constant(float(spec.size)) / window[2:])
+  fields = {"top": window[0], "left": window[1], "height": window[2], "width": window[3],
+            "inv_scale_y": inv_scale[0], "inv_scale_x": inv_scale[1],
+            "jitter": flag("jitter_apply", spec.jitter_prob), "brightness": f_b,
             "contrast": f_c, "saturation": f_s, "hue": d_h,
             **{f"order{i}": tf.cast(order[i], tf.float32) for i in range(4)},
             "grayscale": flag("grayscale", spec.grayscale_prob),

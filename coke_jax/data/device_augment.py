@@ -1,27 +1,34 @@
-"""Colour, blur, solarize, flip and normalization of the views, inside the jitted step.
+"""The views' random resized crop, colour, blur, solarize, flip and normalization, in the step.
 
-The host decodes, crops and resizes every view and sends it as uint8 with its
-random parameters (`augment.view_params`, drawn from the same stateless seeds
-(seed, epoch, example id, view) as `augment.natural_view`); this module applies
-the rest of the official CoKe recipe on the accelerator, as BYOL's JAX code does
-with its colour augmentations (Grill et al. 2020, Sec. 3.3 and App. B):
+The host only decodes: it sends each example's image as uint8 on a fixed
+canvas with every view's random parameters (`augment.view_params`: the crop
+window and the draws of `augment.natural_view`, from the same stateless seeds
+(seed, epoch, example id, view)). This module makes the views on the
+accelerator, as BYOL's JAX code does with its colour augmentations (Grill et
+al. 2020, App. B), and like it keeps the recipe of the official CoKe code:
 
-  torchvision ColorJitter in random order (brightness, contrast, saturation,
-  hue), grayscale, Gaussian blur, solarize, horizontal flip, then the ImageNet
-  normalization.
+  random resized crop (bilinear, antialiased), torchvision ColorJitter in
+  random order (brightness, contrast, saturation, hue), grayscale, Gaussian
+  blur, solarize, horizontal flip, then the ImageNet normalization.
 
 Each op has the semantics of its TF counterpart in `augment` (the host-only
-path and the reference of tests/data_device_augment_test.py, which holds them
-to 1e-5 in float32). Everything is a pure per-view function, vmapped over
-examples and views: no collectives and no randomness of its own, so it runs
-on each device's slice inside `jax.shard_map`, and a view is a function of the
-host batch alone, hence of (seed, epoch, id, view): resumes stay bit-exact.
+path and the reference of tests/data_device_augment_test.py, which holds each
+op and whole views to it to 1e-5 in float32). Everything is a pure per-view
+function, vmapped over examples and views: no collectives and no randomness
+of its own, so it runs on each device's slice inside `jax.shard_map`, and a
+view is a function of the host batch alone, hence of (seed, epoch, id, view):
+resumes stay bit-exact.
+
+Why the crop is here too: on the host, TF's antialiased resize costs 1.1-1.7
+CPU-ms per 224-px view, more than the JPEG decode (benchmarks/
+input_pipeline_benchmark.py); on the device it is a few small matrix products.
 
 The per-view parameters travel as one float32 vector (layout `PARAMS`, then the
 blur kernel's taps), because a batch is a flat dict of arrays sharded along
 its first axis.
 """
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -35,19 +42,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 SOLARIZE_THRESHOLD = 128 / 255  # PIL's ImageOps.solarize default (128 of 255)
 
-# Layout of a view's parameter vector; the blur kernel's 2r + 1 taps follow. Flags are 0 or 1;
+# Layout of a view's parameter vector; the blur kernel's 2r + 1 taps follow. The crop window
+# (top, left, height, width) is in canvas pixels; inv_scale_y and inv_scale_x are TF's
+# 1 / (size / height) and 1 / (size / width), rounded as TF rounds them. Flags are 0 or 1;
 # `order` holds the jitter ops' indices (0 brightness, 1 contrast, 2 saturation, 3 hue) in the
 # order they apply. A view without blur has the identity kernel (1 in the middle).
-PARAMS = ("jitter", "brightness", "contrast", "saturation", "hue",
+PARAMS = ("top", "left", "height", "width", "inv_scale_y", "inv_scale_x",
+          "jitter", "brightness", "contrast", "saturation", "hue",
           "order0", "order1", "order2", "order3", "grayscale", "solarize", "flip")
 NUM_PARAMS = len(PARAMS)
 
-# Batch keys: the uint8 views and the parameters that go with them.
+# Batch keys: the views made and the parameters they are made from (all share the canvas).
+CANVAS_KEY = "canvas"
 VIEW_KEYS = (("images", "view_params"), ("small_images", "small_view_params"))
 
 
 class ViewParams(NamedTuple):
-  """One view's random parameters (scalars, except `order` [4] and `blur_kernel` [2r + 1])."""
+  """One view's random parameters (scalars, except `window`, `order` and `blur_kernel`)."""
+  window: jax.Array       # int32 [4]: top, left, height, width in canvas pixels
+  inv_scale: jax.Array    # float32 [2]: window side / view side, vertical and horizontal
   jitter: jax.Array       # apply ColorJitter at all
   brightness: jax.Array   # factor in [1 - b, 1 + b]
   contrast: jax.Array     # factor in [1 - c, 1 + c]
@@ -68,20 +81,74 @@ class ViewParams(NamedTuple):
           f"A view's parameters have shape {params.shape}; expected [{NUM_PARAMS} + 2r + 1] "
           "(augment.view_params: the fields of device_augment.PARAMS, then the blur kernel).")
     field = {name: params[i] for i, name in enumerate(PARAMS)}
-    order = jnp.stack([field.pop(f"order{i}") for i in range(4)]).astype(jnp.int32)
+    stack = lambda names, dtype: jnp.stack([field.pop(n) for n in names]).astype(dtype)
+    window = stack(("top", "left", "height", "width"), jnp.int32)
+    inv_scale = stack(("inv_scale_y", "inv_scale_x"), jnp.float32)
+    order = stack([f"order{i}" for i in range(4)], jnp.int32)
     flags = {k: field.pop(k) > 0.5 for k in ("jitter", "grayscale", "solarize", "flip")}
-    return cls(order=order, blur_kernel=params[NUM_PARAMS:], **flags, **field)
+    return cls(window=window, inv_scale=inv_scale, order=order, blur_kernel=params[NUM_PARAMS:],
+               **flags, **field)
+
+
+# ----------------------------------------------------------------------------- the crop
+
+
+def _resample_rows(x, start, length, inv_scale, size: int, max_inv_scale: float,
+                   block: int = 32):
+  """Rows [start, start + length) of x [N, M] resampled to `size` rows, as TF resizes.
+
+  tf.image.resize(antialias=True) with bilinear is TF's ScaleAndTranslate with
+  the triangle kernel: output row o samples the window at (o + 0.5) *
+  inv_scale, from the rows within max(inv_scale, 1) of it (the kernel is
+  widened when shrinking: the antialiasing), with weights normalized to sum
+  to 1 over the rows inside the window. A block of `block` consecutive output
+  rows reads a bounded run of input rows, so each block is one small matrix
+  product with a dynamic start instead of a product with all N rows.
+  """
+  n = x.shape[0]
+  kernel_scale = jnp.maximum(inv_scale, 1.0)
+  block = min(block, size)
+  span = min(n, math.ceil(block * max_inv_scale + 2 * max(max_inv_scale, 1.0)) + 2)
+  out = []
+  for first in range(0, size, block):
+    sample = (jnp.arange(first, first + block, dtype=jnp.float32) + 0.5) * inv_scale
+    lowest = jnp.floor(sample[0] - kernel_scale - 0.5).astype(jnp.int32) + start
+    begin = jnp.clip(lowest, 0, n - span)
+    pos = begin - start + jnp.arange(span)  # window coordinates of the rows read
+    weight = jnp.maximum(0.0, 1.0 - jnp.abs((pos + 0.5 - sample[:, None]) *
+                                            (1.0 / kernel_scale)))
+    weight = jnp.where((pos >= 0) & (pos < length), weight, 0.0)
+    weight = weight * (1.0 / jnp.sum(weight, axis=1, keepdims=True))
+    rows = lax.dynamic_slice_in_dim(x, begin, span, axis=0)
+    # HIGHEST: float32 products on every backend (no TF32 or bfloat16 passes on a GPU).
+    out.append(jnp.dot(weight, rows, precision=lax.Precision.HIGHEST))
+  return jnp.concatenate(out)[:size]
+
+
+def resized_crop(canvas: jax.Array, window: jax.Array, inv_scale: jax.Array,
+                 size: int) -> jax.Array:
+  """The window of a uint8 canvas [C, C, 3] resized to planes [3, size, size] in [0, 1].
+
+  As `augment.crop_view`: the window (top, left, height, width) resized with
+  antialiased bilinear interpolation, divided by 255 and clipped. Rows first,
+  then columns, as TF does. `inv_scale` comes from the host: computed here,
+  XLA may simplify 1 / (size / h) into h / size, which moves the sample
+  positions by an ulp and the result by up to 2e-5.
+  """
+  c = canvas.shape[0]
+  top, left, height, width = window[0], window[1], window[2], window[3]
+  x = canvas.astype(jnp.float32).reshape(c, c * 3)
+  rows = _resample_rows(x, top, height, inv_scale[0], size, c / size)        # [S, C * 3]
+  x = jnp.swapaxes(rows.reshape(size, c, 3), 0, 1).reshape(c, size * 3)     # [C, S * 3]
+  cols = _resample_rows(x, left, width, inv_scale[1], size, c / size)       # [S, S * 3]
+  planes = jnp.transpose(cols.reshape(size, size, 3), (2, 1, 0))            # [3, rows, cols]
+  return jnp.clip(planes / 255.0, 0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- the ops
 # Each takes and returns one view as channel planes, float32 [3, H, W] in [0, 1]: per-pixel
 # colour arithmetic and the blur's shifted sums then run over contiguous rows (3 to 5x faster
 # on a CPU than interleaved [H, W, 3], whose innermost axis of 3 does not vectorize).
-
-
-def to_planes(view: jax.Array) -> jax.Array:
-  """uint8 [H, W, 3] -> float32 planes [3, H, W] in [0, 1] (as `augment.resize` scales)."""
-  return jnp.moveaxis(view, -1, 0).astype(jnp.float32) / 255.0
 
 
 def grayscale(planes: jax.Array) -> jax.Array:
@@ -219,14 +286,15 @@ def normalize(planes):
 # ----------------------------------------------------------------------------- views and batches
 
 
-def augment_view(view: jax.Array, params: jax.Array) -> jax.Array:
-  """One uint8 view [S, S, 3] and its parameter vector -> float32 normalized view [S, S, 3].
+def augment_view(canvas: jax.Array, params: jax.Array, size: int) -> jax.Array:
+  """One view [size, size, 3], float32 and normalized, of a uint8 canvas [C, C, 3].
 
-  The order of the official code after the crop: jitter, grayscale, blur,
-  solarize, flip; then normalization.
+  `params` is the view's vector (`augment.view_params`). The order of the
+  official code: crop, jitter, grayscale, blur, solarize, flip; then
+  normalization.
   """
   p = ViewParams.unpack(params)
-  x = to_planes(view)
+  x = resized_crop(canvas, p.window, p.inv_scale, size)
   x = jnp.where(p.jitter, color_jitter(x, p), x)
   x = jnp.where(p.grayscale, grayscale(x)[None], x)
   x = gaussian_blur(x, p.blur_kernel)  # identity kernel when the view draws no blur
@@ -235,27 +303,36 @@ def augment_view(view: jax.Array, params: jax.Array) -> jax.Array:
   return jnp.moveaxis(normalize(x), 0, -1)
 
 
-def augment_batch(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def augment_batch(batch: dict[str, jax.Array], image_size: int,
+                  small_image_size: int = 0) -> dict[str, jax.Array]:
   """The batch the forward pass consumes, from the batch the host sends.
 
-  `images` uint8 [b, V, S, S, 3] with `view_params` float32 [b, V, P], and
-  optionally `small_images` uint8 [b, Sm, s, s, 3] with `small_view_params`
-  [b, Sm, P'], become float32 normalized `images` / `small_images` of the same
-  shapes; the parameter keys are dropped and every other key (index, weight,
-  label) passes through. A batch without parameters (the digits arrays, or the
-  host-only path's finished views) is returned unchanged, so the step may call
-  this unconditionally. Per example and view: safe on a device's slice inside
-  `jax.shard_map`.
+  The host batch (`input_pipeline.train_batches` with `augment.on_device`)
+  holds `canvas` uint8 [b, C, C, 3] (each example's image, top-left, zero
+  padded), `view_params` float32 [b, V, P] and, with multi-crop,
+  `small_view_params` [b, Sm, P']. They become `images` float32 [b, V,
+  image_size, image_size, 3] and `small_images` [b, Sm, small_image_size,
+  small_image_size, 3], normalized as the forward pass takes them; the canvas
+  and parameters are dropped and every other key (index, weight, label)
+  passes through. A batch without a canvas (the digits arrays, or the
+  host-only path's finished views) is returned unchanged, so the step may
+  call this unconditionally. Per example and view: safe on a device's slice
+  inside `jax.shard_map`.
   """
+  if CANVAS_KEY not in batch:
+    return batch
   out = dict(batch)
-  for image_key, params_key in VIEW_KEYS:
-    if params_key not in batch:
+  canvas = out.pop(CANVAS_KEY)
+  if canvas.dtype != jnp.uint8 or canvas.ndim != 4 or canvas.shape[1] != canvas.shape[2]:
+    raise ValueError(f"canvas is {canvas.dtype} {canvas.shape}; expected uint8 [b, C, C, 3] "
+                     "(input_pipeline.train_batches with augment.on_device).")
+  for (image_key, params_key), size in zip(VIEW_KEYS, (image_size, small_image_size)):
+    if params_key not in out:
       continue
-    images, params = batch[image_key], out.pop(params_key)
-    if images.dtype != jnp.uint8 or images.shape[:2] != params.shape[:2]:
-      raise ValueError(
-          f"{image_key} is {images.dtype} {images.shape} and {params_key} {params.shape}; "
-          f"expected uint8 [b, V, S, S, 3] views with parameters [b, V, P] (the batches of "
-          "input_pipeline.train_batches with augment.on_device).")
-    out[image_key] = jax.vmap(jax.vmap(augment_view))(images, params)
+    params = out.pop(params_key)
+    if not size or params.shape[0] != canvas.shape[0]:
+      raise ValueError(f"{params_key} is {params.shape} for a canvas {canvas.shape} and view "
+                       f"size {size}; expected [b, views, P] and the view's side in pixels.")
+    per_example = jax.vmap(lambda c, p, s=size: augment_view(c, p, s), in_axes=(None, 0))
+    out[image_key] = jax.vmap(per_example)(canvas, params)
   return out

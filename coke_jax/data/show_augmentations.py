@@ -4,13 +4,15 @@
       --out=docs/images/digits_views.png
 
 The views come from `input_pipeline.train_batches` (the first batch of
---epoch) and, for natural images, the device path (`augment.on_device`:
-uint8 crops from the host, then `device_augment.augment_batch`), so the grid
-shows exactly what a run with this config trains on.
+--epoch) and, for natural images, the device path (`augment.on_device`: the
+decoded image and the views' draws from the host, then
+`device_augment.augment_batch`), so the grid shows exactly what a run with
+this config trains on.
 Columns: the un-augmented image (natural images: the evaluation crop), the
 large views, then the multi-crop small views (drawn at their own size).
 """
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -83,7 +85,10 @@ def render(config, num_examples: int, epoch: int, min_cell: int) -> np.ndarray:
     config.global_batch_size = num_examples
     config.augment.on_device = True
   batch = next(iter(input_pipeline.train_batches(source, config, epoch)))
-  batch = jax.device_get(jax.jit(device_augment.augment_batch)(batch))
+  make_views = functools.partial(device_augment.augment_batch, image_size=source.image_size
+                                 if source.encoded else 0,
+                                 small_image_size=config.augment.small_image_size)
+  batch = jax.device_get(jax.jit(make_views)(batch))
   originals = _to_display(_originals(source, batch["index"]), False)
   large = _to_display(batch["images"], source.encoded)
   small = _to_display(batch["small_images"], True) if "small_images" in batch else None
