@@ -314,9 +314,9 @@ def natural_view(image: tf.Tensor, seed: tf.Tensor, spec: ViewSpec) -> tf.Tensor
 def canvas_size(image_size: int) -> int:
   """The default canvas side for views of `image_size`: 2.25 x, to a multiple of 32 (224: 512).
 
-  Large enough for ImageNet's images (mostly at most 500 px on their longer
-  side), which then keep the exact `natural_view` semantics; larger images are
-  shrunk to fit (`fit_within`) before their views are drawn.
+  Images that fit (e.g. ImageNet's common 500 x 375 and 500 x 333) keep the
+  exact `natural_view` semantics; larger ones are shrunk to fit (`fit_within`)
+  before their views are drawn, as a Resize(side) would.
   """
   return 32 * math.ceil(2.25 * image_size / 32)
 

@@ -118,7 +118,8 @@ def _resample_rows(x, start, length, inv_scale, size: int, max_inv_scale: float,
     weight = jnp.maximum(0.0, 1.0 - jnp.abs((pos + 0.5 - sample[:, None]) *
                                             (1.0 / kernel_scale)))
     weight = jnp.where((pos >= 0) & (pos < length), weight, 0.0)
-    weight = weight * (1.0 / jnp.sum(weight, axis=1, keepdims=True))
+    # Rows of the last block past `size` have no weight; they are dropped below (no 0 / 0).
+    weight = weight * (1.0 / jnp.maximum(jnp.sum(weight, axis=1, keepdims=True), 1e-30))
     rows = lax.dynamic_slice_in_dim(x, begin, span, axis=0)
     # HIGHEST: float32 products on every backend (no TF32 or bfloat16 passes on a GPU).
     out.append(jnp.dot(weight, rows, precision=lax.Precision.HIGHEST))

@@ -19,6 +19,12 @@ rebuilds epoch s // steps_per_epoch and starts at its step s % steps_per_epoch:
     the step, reading (not decoding) the records it skips.
 Each view's augmentation is drawn from (seed, epoch, id, view).
 
+Natural images are augmented on the host (finished float32 views) or, with
+`augment.on_device`, only decoded there: the batch carries the image on a
+uint8 canvas and each view's crop window and draws, and the step makes the
+same views with `device_augment.augment_batch` (benchmarks/
+input_pipeline_benchmark.py measures both paths).
+
 Images that fail to decode are not dropped (that would shift every later
 batch): they keep their place with weight 0, and their number is logged at
 the end of the epoch.
