@@ -134,9 +134,8 @@ class ImageFolderTest(absltest.TestCase):
 
   def test_resume_hosts_and_multicrop(self):
     for on_device in (False, True):  # finished views, or the canvas and view parameters
-      config = self._config(num_small_views=2, **{"augment.small_image_size": 8})
-      with config.unlocked():
-        config.augment.on_device = on_device
+      config = self._config(num_small_views=2, **{"augment.small_image_size": 8,
+                                                  "augment.on_device": on_device})
       full = self._epoch(config, 2)
       if on_device:
         self.assertEqual(full[0]["canvas"].shape, (6, 64, 64, 3))  # augment.canvas_size(16)

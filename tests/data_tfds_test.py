@@ -41,9 +41,11 @@ class TFDSSourceTest(absltest.TestCase):
     super().tearDownClass()
 
   def _config(self, name="coke_fake_cifar100", **overrides):
+    # Finished views (the host-only path): these tests read them; the device path's batches
+    # are tested in data_device_augment_test.py and by the resume test below.
     return testing.smoke_config(**{"dataset.name": name, "dataset.data_dir": self.data_dir,
                                    "global_batch_size": 8, "dataset.shuffle_buffer": 16,
-                                   **overrides})
+                                   "augment.on_device": False, **overrides})
 
   def _epoch(self, config, epoch, start=0, process_index=0, process_count=1):
     source = sources.get_source(config.dataset)
@@ -104,9 +106,7 @@ class TFDSSourceTest(absltest.TestCase):
 
   def test_resume_mid_epoch_is_exact(self):
     for on_device in (False, True):  # finished views, or the canvas and view parameters
-      config = self._config()
-      with config.unlocked():
-        config.augment.on_device = on_device
+      config = self._config(**{"augment.on_device": on_device})
       full = self._epoch(config, 3)
       rest = self._epoch(config, 3, start=4)
       self.assertLen(rest, len(full) - 4)
