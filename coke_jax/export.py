@@ -35,13 +35,18 @@ from coke_jax.data import sources
 from coke_jax.evaluation import linear_probe
 from coke_jax.evaluation import restore
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The pretraining run's config file.",
-                                          lock_config=True)
-_PRETRAIN_WORKDIR = flags.DEFINE_string("pretrain_workdir", None,
-                                        "The pretraining run's --workdir (holds checkpoints/).")
-_OUT = flags.DEFINE_string("out", None, "The file to write: NAME.safetensors, or NAME.pth "
-                           "(needs PyTorch).")
-_STEP = flags.DEFINE_integer("step", None, "The checkpoint step (default: the latest).")
+
+def _define_flags():
+  """The command line's flags, defined only when run as a program: `--config` is also
+  main.py's and show_augmentations' flag, and absl flags are process-wide."""
+  config_flags.DEFINE_config_file("config", None, "The pretraining run's config file.",
+                                  lock_config=True)
+  flags.DEFINE_string("pretrain_workdir", None,
+                      "The pretraining run's --workdir (holds checkpoints/).")
+  flags.DEFINE_string("out", None, "The file to write: NAME.safetensors, or NAME.pth "
+                      "(needs PyTorch).")
+  flags.DEFINE_integer("step", None, "The checkpoint step (default: the latest).")
+  flags.mark_flags_as_required(["config", "pretrain_workdir", "out"])
 
 
 def export_backbone(config: ml_collections.ConfigDict, pretrain_workdir: str, out: str,
@@ -76,18 +81,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   tf.config.set_visible_devices([], "GPU")  # tf.data reads on the host; the GPU is JAX's
+  args = flags.FLAGS
   try:
-    state_dict, step = export_backbone(_CONFIG.value, _PRETRAIN_WORKDIR.value, _OUT.value,
-                                       _STEP.value)
+    state_dict, step = export_backbone(args.config, args.pretrain_workdir, args.out, args.step)
   except (errors.ConfigError, sources.MissingDataError, restore.MissingCheckpointError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     return 1
   num_values = sum(v.size for v in state_dict.values())
-  logging.info("Wrote %s: %d tensors, %d values, from step %d of %s.", _OUT.value,
-               len(state_dict), num_values, step, _PRETRAIN_WORKDIR.value)
+  logging.info("Wrote %s: %d tensors, %d values, from step %d of %s.", args.out,
+               len(state_dict), num_values, step, args.pretrain_workdir)
   return 0
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "pretrain_workdir", "out"])
+  _define_flags()
   app.run(main)

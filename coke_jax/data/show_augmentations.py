@@ -29,14 +29,17 @@ from coke_jax.data import device_augment
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "Where to write the PNG.")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 8, "Rows: examples of the first batch.")
-_EPOCH = flags.DEFINE_integer("epoch", 1, "Epoch whose first batch is shown.")
-_MIN_CELL = flags.DEFINE_integer("min_cell", 96, "Small images are enlarged (nearest "
-                                 "neighbour) to at least this many pixels per cell.")
-flags.mark_flags_as_required(["config", "out"])
+
+def _define_flags():
+  """The command line's flags, defined only when run as a program: `--config` is also
+  main.py's and export's flag, and absl flags are process-wide (tests import all three)."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_string("out", None, "Where to write the PNG.")
+  flags.DEFINE_integer("num_examples", 8, "Rows: examples of the first batch.")
+  flags.DEFINE_integer("epoch", 1, "Epoch whose first batch is shown.")
+  flags.DEFINE_integer("min_cell", 96, "Small images are enlarged (nearest neighbour) to at "
+                       "least this many pixels per cell.")
+  flags.mark_flags_as_required(["config", "out"])
 
 
 def _originals(source, index: np.ndarray) -> np.ndarray:
@@ -106,11 +109,13 @@ def render(config, num_examples: int, epoch: int, min_cell: int) -> np.ndarray:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  image = render(_CONFIG.value, _NUM_EXAMPLES.value, _EPOCH.value, _MIN_CELL.value)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  tf.io.write_file(_OUT.value, tf.io.encode_png(image))
-  print(f"Wrote {_OUT.value} ({image.shape[1]}x{image.shape[0]}).")
+  args = flags.FLAGS
+  image = render(args.config, args.num_examples, args.epoch, args.min_cell)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  tf.io.write_file(args.out, tf.io.encode_png(image))
+  print(f"Wrote {args.out} ({image.shape[1]}x{image.shape[0]}).")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
