@@ -1,5 +1,7 @@
-"""Pretrain with CoKe: `python main.py --config=configs/digits.py --workdir=/tmp/coke_digits`.
+"""Pretrain: `python main.py --config=configs/digits.py --workdir=/tmp/coke_digits`.
 
+The config file's argument names the objective (CoKe without one):
+`--config=configs/digits.py:swav`, `--config=configs/digits.py:self_classifier`.
 Override any config value with --config.key=value (unknown keys are an error).
 Running again with the same --workdir resumes from its latest checkpoint.
 
@@ -61,14 +63,16 @@ _USER_ERRORS = (errors.ConfigError, sources.MissingDataError, restore.MissingChe
 
 
 class _QuietLibraries:
-  """Drops INFO records that would drown the progress lines: Orbax's and TF's internals, and
-  clu's console echo of histograms and images (dozens of lines an epoch; TensorBoard has them)."""
+  """Drops INFO records that would drown the progress lines (Orbax's and TF's internals) and
+  shows clu's ReportProgress note ("Setting work unit notes: 2.1 steps/s, ... ETA: 3m") as
+  "Progress: ..."."""
 
   def filter(self, record) -> bool:
     if record.levelno > 20:
       return True
-    if "/clu/" in record.pathname:
-      return not any(part in str(record.msg) for part in ("Histogram for", "Got images"))
+    if "/clu/" in record.pathname and str(record.msg).startswith("Setting work unit notes: "):
+      record.msg = "Progress: " + str(record.msg)[len("Setting work unit notes: "):]
+      return True
     return not any(
         part in record.pathname for part in ("/orbax/", "/tensorflow/", "/tensorflow_datasets/"))
 
@@ -90,9 +94,10 @@ def main(argv):
                jax.devices()[0].platform)
   if jax.process_index() > 0:  # one host's log tells the story; the others report problems only
     logging.set_verbosity(logging.WARNING)
-  if _MODE.value != "train" and not _PRETRAIN_WORKDIR.value:
+  if _MODE.value != "train" and not (_PRETRAIN_WORKDIR.value or _CONFIG.value.model.init_from):
     raise app.UsageError(f"--mode={_MODE.value} needs --pretrain_workdir (the pretraining run's "
-                         "--workdir, which holds its checkpoints).")
+                         "--workdir, which holds its checkpoints) or --config.model.init_from="
+                         "<weights in torchvision's layout>.")
   workdir = _WORKDIR.value or default_workdir(
       config_flags.get_config_filename(flags.FLAGS["config"]), _MODE.value)
   logging.info("Workdir: %s", workdir)

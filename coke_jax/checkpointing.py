@@ -1,7 +1,8 @@
 """Orbax checkpoints of the whole train state, a guard against incompatible configs, and preemption.
 
-Each checkpoint holds the state (params, BN statistics, optimizer state, the
-clustering state, step and RNG), a JSON `meta` item with the settings that fix
+Each checkpoint holds the state (the model's and the objective's params, BN
+statistics, optimizer state, the objective's state such as label tables,
+centers, queues; step and RNG), a JSON `meta` item with the settings that fix
 the state's shapes and meaning, and a JSON `monitor` item with the run's
 diagnostics (`monitor.CollapseMonitor`). Restoring into a run whose settings
 differ fails (when the Checkpointer is made) with a message naming the
@@ -27,25 +28,44 @@ import orbax.checkpoint as ocp
 
 from coke_jax import errors
 
+# Bumped when a saved state would mean something else to this code: 2 holds params as
+# {"model", "objective"} (objectives own parameters) and the torchvision-exact ResNet padding.
+FORMAT = 2
+
 # Config entries that must match for a checkpoint to be resumed: those that fix the state's
 # shapes and meaning, and those that map a step to its epoch and its examples (another batch
-# size or seed mid-epoch would label some examples twice and others never).
-_FINGERPRINT_KEYS = ("dataset.name", "dataset.image_size", "model", "objective.name",
-                     "objective.num_clusters", "objective.average_after_epoch",
-                     "objective.avg_label_size", "num_views", "num_small_views",
-                     "optimizer.name", "global_batch_size", "seed")
+# size or seed mid-epoch would label some examples twice and others never). The objective adds
+# its own (`Objective.fingerprint`), e.g. CoKe's K per head.
+_FINGERPRINT_KEYS = ("dataset.name", "dataset.image_size", "model", "num_views",
+                     "num_small_views", "optimizer.name", "global_batch_size", "seed")
 
 
-def fingerprint(config, num_train: int) -> dict[str, Any]:
-  flat = {}
+def fingerprint(config, num_train: int, objective) -> dict[str, Any]:
+  flat = {"format": FORMAT}
   for key in _FINGERPRINT_KEYS:
     node = config
     for part in key.split("."):
       node = node[part]
     flat[key] = node.to_dict() if hasattr(node, "to_dict") else node
+  flat["model"].pop("init_from", None)  # where the run started, not what its state means
+  flat["objective"] = {"name": config.objective.name, **objective.fingerprint()}
   flat["num_train_examples"] = num_train
-  return jax.tree_util.tree_map(lambda x: list(x) if isinstance(x, tuple) else x, flat,
+  return json_like(flat)
+
+
+def json_like(tree):
+  """Tuples as lists, as they come back from JSON, so fingerprints compare equal."""
+  return jax.tree_util.tree_map(lambda x: list(x) if isinstance(x, tuple) else x, tree,
                                 is_leaf=lambda x: isinstance(x, tuple))
+
+
+def describe_differences(saved: dict[str, Any], expected: dict[str, Any], keys=None) -> str:
+  """'key: checkpoint X vs config Y; ...' over `keys` (default: all of `expected`)."""
+  if saved.get("format") != expected.get("format") and (keys is None or "format" in keys):
+    return (f"it was written by another version of coke_jax (checkpoint format "
+            f"{saved.get('format', 1)}, this version reads format {expected['format']})")
+  return "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {expected.get(k)!r}"
+                   for k in (keys or expected) if saved.get(k) != expected.get(k))
 
 
 def resolve(workdir: str) -> epath.Path:
@@ -68,16 +88,32 @@ class Preempted(Exception):
 
 
 class Checkpointer:
-  """Saves every `config.checkpoint_every_steps` and at the end; keeps the last few."""
+  """Saves every `save_interval_steps` (Orbax's policy) and when asked; keeps the last few.
 
-  def __init__(self, workdir: str, config, num_train: int):
+  `meta` (JSON) is saved with every checkpoint; a directory whose checkpoint
+  has another `meta` is refused when the Checkpointer is made, before anything
+  is compiled, loaded or saved.
+  """
+
+  def __init__(self, workdir: str, meta: dict[str, Any], keep: int, save_interval_steps: int):
     self.directory = resolve(workdir) / "checkpoints"
-    self.meta = fingerprint(config, num_train)
+    self.meta = json_like(meta)
+    # Orbax's policies: every `save_interval_steps`, and at a multi-host preemption sync
+    # point; not its default extra save at a fresh run's first step.
+    policy = ocp.checkpoint_managers.AnySavePolicy([
+        ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
+        ocp.checkpoint_managers.PreemptionCheckpointingPolicy()])
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             save_decision_policy=policy),
         item_names=("state", "meta", "monitor"))
-    self._check_compatible()  # at once, before anything is compiled, loaded or saved
+    self._check_compatible()
+
+  @classmethod
+  def for_training(cls, workdir: str, config, num_train: int, objective) -> "Checkpointer":
+    return cls(workdir, fingerprint(config, num_train, objective), config.keep_checkpoints,
+               config.checkpoint_every_steps)
 
   def _check_compatible(self):
     step = self.manager.latest_step()
@@ -85,38 +121,35 @@ class Checkpointer:
       return
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if meta != self.meta:
-      diffs = [f"{k}: checkpoint {meta.get(k)!r} vs config {v!r}"
-               for k, v in self.meta.items() if meta.get(k) != v]
       raise IncompatibleCheckpointError(
-          f"{self.directory} holds a checkpoint (step {step}) from a run with other settings "
-          f"({'; '.join(diffs)}). It was neither loaded nor overwritten. Use another --workdir, "
-          "or restore the original settings to resume it.")
+          f"{self.directory} holds a checkpoint (step {step}) from a run with other settings: "
+          f"{describe_differences(meta, self.meta)}. It was neither loaded nor overwritten. Use "
+          "another --workdir, or restore the original settings to resume it.")
 
   def latest_step(self):
     return self.manager.latest_step()
 
-  def restore_or(self, state, monitor: Optional[dict] = None):
-    """The latest checkpoint restored into `state`'s structure and shardings, or `state`.
+  def should_save(self, step: int) -> bool:
+    return self.manager.should_save(step)
 
-    With `monitor` (a dict), also returns the diagnostics saved with the
-    checkpoint (`monitor` itself if there is none): (state, monitor).
-    """
+  def restore_or(self, state) -> tuple[Any, dict]:
+    """(the latest checkpoint restored into `state`'s structure and shardings, the diagnostics
+    saved with it), or (`state`, {}) when there is none."""
     step = self.manager.latest_step()
     if step is None:
-      return state if monitor is None else (state, monitor)
+      return state, {}
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     logging.info("Restored checkpoint %s/%d.", self.directory, step)
-    if monitor is None:
-      return restored
+    monitor = {}
     if (self.directory / str(step) / "monitor").exists():
       monitor = self.manager.restore(
           step, args=ocp.args.Composite(monitor=ocp.args.JsonRestore()))["monitor"]
     return restored, monitor
 
   def save(self, step: int, state, monitor: Optional[dict] = None):
-    self.manager.save(step, args=ocp.args.Composite(
+    self.manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta),
         monitor=ocp.args.JsonSave(monitor or {})))
 
@@ -130,8 +163,9 @@ class PreemptionWatch:
   Several processes: JAX's preemption sync manager (started by
   jax.distributed.initialize) catches SIGTERM on any host and makes all hosts
   agree on one step (`multihost_utils.reached_preemption_sync_point`, which
-  must be asked at every step). One process: a Python SIGTERM handler sets a
-  flag, and the step that is running finishes first.
+  must be asked at every step; it is what Orbax's `reached_preemption` asks).
+  One process: Orbax has no preemption signal without jax.distributed, so a
+  Python SIGTERM handler sets a flag, and the step that is running finishes first.
   """
 
   def __init__(self):

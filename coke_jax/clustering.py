@@ -27,6 +27,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
@@ -120,22 +121,14 @@ def project_dual(rho: jax.Array, tau: Optional[float] = None) -> jax.Array:
   """Pi_{Delta_tau} of Eq. 9: the Euclidean projection onto {rho >= 0, ||rho||_1 <= tau}.
 
   With tau=None the l1 ball is dropped, which is the simplified update the
-  paper runs in all experiments, rho = max(0, rho) (Sec. 4).
+  paper runs in all experiments, rho = max(0, rho) (Sec. 4). Otherwise it is
+  the projection of max(0, rho) onto the l1 ball (optax's, by Duchi et al.'s
+  sort-and-threshold method): for a nonnegative point the two sets' projections agree.
   """
   rho = jnp.maximum(rho, 0.0)
   if tau is None:
     return rho
-  # If the positive part is already inside the l1 ball it is the projection;
-  # otherwise the projection lies on the simplex {rho >= 0, sum rho = tau},
-  # found by the sort-and-threshold method (Duchi et al., ICML 2008).
-  u = jnp.sort(rho)[::-1]
-  cssv = jnp.cumsum(u) - tau
-  ind = jnp.arange(1, rho.shape[0] + 1, dtype=rho.dtype)
-  cond = u - cssv / ind > 0
-  r = jnp.max(jnp.where(cond, ind, 0.0))
-  theta = jnp.sum(jnp.where(ind <= r, u, 0.0)) / jnp.maximum(r, 1.0) - tau / jnp.maximum(r, 1.0)
-  on_simplex = jnp.maximum(rho - theta, 0.0)
-  return jnp.where(jnp.sum(rho) <= tau, rho, on_simplex)
+  return optax.projections.projection_l1_ball(rho, tau)
 
 
 def dual_update(dual: jax.Array, counts: jax.Array, batch_weight: jax.Array,

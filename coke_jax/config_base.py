@@ -6,8 +6,11 @@ mistyped key fail (the config is locked), and every experiment has every key.
 
 from ml_collections import config_dict
 
+from coke_jax import objectives
 
-def default_config() -> config_dict.ConfigDict:
+
+def default_config(objective: str = "coke") -> config_dict.ConfigDict:
+  """The whole schema, with `objective`'s section (`objectives.NAMES`) as `config.objective`."""
   c = config_dict.ConfigDict()
   c.seed = 0
 
@@ -54,6 +57,10 @@ def default_config() -> config_dict.ConfigDict:
   c.augment.blur_sigma = (0.1, 2.0)    # pixels
   c.augment.solarize_prob = (0.0, 0.2)
   c.augment.flip_prob = 0.5
+  # Natural images: the host decodes, the device crops and augments (device_augment.py);
+  # False keeps the whole recipe on the host (tf.data), as before 2026-12-02.
+  c.augment.on_device = True
+  c.augment.canvas_size = 0            # host canvas side; 0: augment.canvas_size(image_size)
   # Small views of multi-crop (official main_multi_view.py).
   c.augment.small_image_size = 96
   c.augment.small_crop_scale = (0.05, 0.6)
@@ -65,34 +72,29 @@ def default_config() -> config_dict.ConfigDict:
   c.model.backbone_kwargs = config_dict.ConfigDict()
   c.model.proj_hidden_dim = 2048
   c.model.proj_layers = 2
+  c.model.proj_bn_on_output = True     # BN on the projection (CoKe's official head; not SwAV's)
+  c.model.proj_activation = "relu"     # relu | leaky_relu (Self-Classifier's head)
   c.model.embed_dim = 128
   c.model.pred_hidden_dim = 0          # 0: no prediction head
   c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
   c.model.remat = False                # rematerialize backbone blocks (less memory, more compute)
+  # torchvision-layout weights (.safetensors, or .pth / .pth.tar with PyTorch) for the backbone:
+  # the start of pretraining, or what --mode=eval / linear_eval evaluate without a checkpoint.
+  c.model.init_from = ""
 
-  c.objective = config_dict.ConfigDict()
-  c.objective.name = "coke"
-  c.objective.num_clusters = (3000, 4000, 5000)  # one head per K (Sec. 4.1.3)
-  c.objective.temperature = 0.1        # lambda of Eq. 12
-  c.objective.min_size_ratio = 0.4     # gamma' (Table 1)
-  c.objective.min_size_ratios = ()     # per-cluster gamma'_k (Eq. 5): a K-tuple per head; (): above
-  # eta of Eq. 9 (Sec. 4); None: clustering.default_dual_lr per head (K, batch, N x epochs)
-  c.objective.dual_lr = config_dict.FieldReference(20.0, field_type=float)
-  c.objective.dual_lrs = ()            # one eta per head (K grows: eta grows); (): dual_lr above
-  c.objective.dual_l1_radius = config_dict.placeholder(float)  # tau of Eq. 9; None: max(0, .)
-  c.objective.alpha = 0.2              # one-hot weight of the two-view soft label (supp. Table 3)
-  c.objective.beta = 0.5               # prediction-head loss weight (supp. Table 4)
-  c.objective.center_update = "batch"  # batch: Eq. 11 each mini-batch | epoch: Eq. 10 once an epoch
-  c.objective.average_after_epoch = config_dict.placeholder(int)  # T' of Eq. 13; None: one stage
-  c.objective.avg_label_size = 5       # non-zero entries of an averaged label (supp. 2.2.2)
-  c.objective.avg_label_temperature = 0.5  # lambda' of the averaged label's softmax (supp. 2.2.2)
-  c.objective.multicrop_beta = 0.5     # large views vs small crops (official main_multi_view.py)
+  # The objective's own section: `name` and its keys (coke_jax/objectives/<name>.py).
+  c.objective = objectives.default_config(objective)
 
   c.optimizer = config_dict.ConfigDict()
-  c.optimizer.name = "lars"            # lars | sgd
+  c.optimizer.name = "lars"            # lars | sgd | adam
   c.optimizer.learning_rate = 1.6      # peak learning rate (after scale_by_batch if set)
   c.optimizer.scale_by_batch = False   # multiply by global_batch_size / 256
+  c.optimizer.schedule = "cosine"      # cosine | step | constant, after the warm-up
+  c.optimizer.step_epochs = ()         # step: the epochs at which the rate is multiplied ...
+  c.optimizer.step_factor = 0.1        # ... by this
   c.optimizer.warmup_epochs = 10.0
+  c.optimizer.warmup_start_lr = 0.0    # the warm-up's first value (after scale_by_batch if set)
+  c.optimizer.end_lr = 0.0             # the cosine's last value (after scale_by_batch if set)
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 1e-6
   c.optimizer.trust_coefficient = 1e-3  # LARS
@@ -111,5 +113,6 @@ def default_config() -> config_dict.ConfigDict:
   c.collapse = config_dict.ConfigDict()
   c.collapse.max_cluster_share = 0.5   # warn when one cluster holds more of an epoch's examples
   c.collapse.min_size_fraction = 0.5   # ... or the smallest cluster is below this x gamma_k
+  c.collapse.uniform_loss_fraction = 0.99  # ... or the loss stays at this x that of uniform
   c.collapse.patience_epochs = 3       # ... for this many epochs in a row (0: never)
   return c

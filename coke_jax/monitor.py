@@ -7,10 +7,12 @@ never checkpointed and the loop never waits on the device for this.
 
 `CollapseMonitor` reads the cluster-size diagnostics an objective reports at
 each epoch end (`clustering.size_diagnostics`: `largest_share`, `min_size`,
-`bound` per head) and warns when one cluster holds more than
-`collapse.max_cluster_share` of the epoch's examples, or when the smallest
-cluster stays below `collapse.min_size_fraction` of its bound gamma_k (Eq. 5)
-for `collapse.patience_epochs` epochs in a row. Its state is a small JSON dict
+`bound` per head, and `loss_vs_uniform` where it applies) and warns when one
+cluster holds more than `collapse.max_cluster_share` of the epoch's examples,
+when the smallest cluster stays below `collapse.min_size_fraction` of its
+bound gamma_k (Eq. 5; CoKe), or when the loss stays above
+`collapse.uniform_loss_fraction` of that of uniform predictions (SwAV's
+collapse signal), for `collapse.patience_epochs` epochs in a row. Its state is a small JSON dict
 saved with each checkpoint, so a resumed run reports what an uninterrupted one
 would.
 """
@@ -76,28 +78,40 @@ class NonFiniteCheck:
 
 
 class CollapseMonitor:
-  """Epoch-end warnings about cluster sizes; `state` (JSON) goes into every checkpoint."""
+  """Epoch-end collapse warnings per head; `state` (JSON) goes into every checkpoint."""
 
-  def __init__(self, config, state: Optional[dict] = None):
+  def __init__(self, config, state: Optional[dict] = None, objective_name: str = ""):
     self.max_share = config.max_cluster_share
     self.min_fraction = config.min_size_fraction
+    self.uniform_fraction = config.uniform_loss_fraction
     self.patience = config.patience_epochs
-    self.state = {"epochs_below": {}, "num_warnings": 0, "recent_warnings": [],
-                  **(state or {})}
+    self.objective_name = objective_name
+    self.state = {"epochs_below": {}, "epochs_uniform": {}, "num_warnings": 0,
+                  "recent_warnings": [], **(state or {})}
+    self.state.setdefault("epochs_uniform", {})
+
+  def _streak(self, kind: str, head: str, now: bool) -> int:
+    count = self.state[kind].get(head, 0) + 1 if now else 0
+    self.state[kind][head] = count
+    return count
 
   def end_epoch(self, epoch: int, stats: dict[str, Any]) -> dict[str, float]:
-    """Warns about the heads whose sizes collapse; returns {head: 1.0 if warned else 0.0}.
+    """Warns about the heads that collapse; returns {head: 1.0 if warned else 0.0}.
 
-    stats: the objective's epoch-end metrics as host numbers, keyed "<name>/<head>".
+    stats: the objective's epoch-end metrics as host numbers, keyed "<name>/<head>":
+    `largest_share` (every head), `min_size` and `bound` (the size bound; 0 for none)
+    and, where the objective has one, `loss_vs_uniform` (the loss over that of
+    uniform predictions, ln K: SwAV's loss stays at ln K when it collapses).
     """
     flagged = {}
     heads = sorted(k.split("/", 1)[1] for k in stats if k.startswith("largest_share/"))
     for head in heads:
       share = float(stats[f"largest_share/{head}"])
       smallest, bound = float(stats[f"min_size/{head}"]), float(stats[f"bound/{head}"])
-      below = smallest < self.min_fraction * bound
-      epochs_below = self.state["epochs_below"].get(head, 0) + 1 if below else 0
-      self.state["epochs_below"][head] = epochs_below
+      epochs_below = self._streak("epochs_below", head, smallest < self.min_fraction * bound)
+      uniform = stats.get(f"loss_vs_uniform/{head}")
+      epochs_uniform = self._streak(
+          "epochs_uniform", head, uniform is not None and float(uniform) >= self.uniform_fraction)
       problems = []
       if share > self.max_share:
         problems.append(f"one cluster holds {share:.1%} of the examples "
@@ -106,11 +120,16 @@ class CollapseMonitor:
         problems.append(f"the smallest cluster ({smallest:.0f} examples) has been below "
                         f"{self.min_fraction} x the size bound ({bound:.1f}) for {epochs_below} "
                         f"epochs (collapse.min_size_fraction, collapse.patience_epochs)")
+      if self.patience and epochs_uniform >= self.patience:
+        problems.append(f"the loss has stayed at {float(uniform):.1%} of that of uniform "
+                        f"predictions (ln K) for {epochs_uniform} epochs "
+                        f"(collapse.uniform_loss_fraction={self.uniform_fraction})")
       flagged[head] = float(bool(problems))
       if problems:
+        advice = (f"docs/objectives/{self.objective_name}.md says what counters it; "
+                  if self.objective_name else "")
         message = (f"Clustering collapse warning, epoch {epoch}, head {head}: "
-                   f"{'; '.join(problems)}. Consider a larger objective.min_size_ratio or "
-                   "dual_lr, or a lower learning rate.")
+                   f"{'; '.join(problems)}. {advice}a lower learning rate may help.")
         logging.warning(message)
         self.state["num_warnings"] += 1
         self.state["recent_warnings"] = (

@@ -1,19 +1,28 @@
 """Everything that knows about devices: the mesh, the sharded step and its collectives.
 
-The train state (params, optimizer state, BN statistics, and the clustering
-state: label tables, centers, duals) is replicated on every device; the batch
-is split along the one mesh axis, `data`. Inside the step, code asks for the
-global view of a per-device value only through `gather`, `mean` and `total`
+The train state (params, optimizer state, BN statistics, and the objective's
+state: label tables, centers, duals, queues, banks) is replicated on every
+device; the batch is split along the one mesh axis, `data`. Inside the step,
+code asks for the global view of a per-device value only through the functions
 below, and BatchNorm averages its statistics over `DATA_AXIS`. Nothing else in
 the package calls a collective, so the same step runs on 1 device, 8 devices
 or a multi-host pod.
+
+Gradients: a loss computed from `batch_sum` (or `gather`) is the same on every
+device, and shard_map's replication types (`check_vma`) make its gradient with
+respect to the replicated params the gradient of that global loss: each use of
+a replicated value in per-device code is transposed into a sum over devices.
+So a loss that is the global mean over the real rows gives the global gradient,
+with no explicit all-reduce of gradients (`tests/sharding_test.py` checks the
+value and the gradient against one device, padding rows included).
 """
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 from jax import lax
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -49,15 +58,18 @@ def check_batch_divides(global_batch: int, mesh: Mesh, process_count: int = 1,
         f"--config.{name}={max(1, round(global_batch / devices)) * devices}.")
 
 
-def shard_step(step_fn: Callable, mesh: Mesh, donate_state: bool = True) -> Callable:
+def shard_step(step_fn: Callable, mesh: Mesh, donate_state: bool = True,
+               num_consts: int = 0) -> Callable:
   """jit(shard_map(step_fn)) with the state replicated and the batch split.
 
-  `step_fn(state, batch) -> (state, metrics)` sees its device's slice of the
-  batch and must return the state and metrics identical on every device
-  (which `check_vma` verifies at trace time). The state is donated, so the
-  label tables are updated in place rather than copied every step.
+  `step_fn(state, batch, *consts) -> (state, metrics)` sees its device's slice of
+  the batch and must return the state and metrics identical on every device
+  (which `check_vma` verifies at trace time). The `num_consts` trailing
+  arguments are replicated and not donated (e.g. a frozen backbone). The state
+  is donated, so the label tables are updated in place rather than copied
+  every step.
   """
-  sharded = jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+  sharded = jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)) + (P(),) * num_consts,
                           out_specs=(P(), P()))
   return jax.jit(sharded, donate_argnums=(0,) if donate_state else ())
 
@@ -71,14 +83,57 @@ def gather(x: Any, axis: int = 0) -> Any:
   return lax.all_gather(x, DATA_AXIS, axis=axis, tiled=True, to="invarying")
 
 
-def mean(x: Any) -> Any:
-  """Mean over devices (gradients, per-device averages)."""
-  return lax.pmean(x, DATA_AXIS)
+def batch_sum(x: jax.Array, weight: jax.Array, y: Optional[jax.Array] = None) -> jax.Array:
+  """sum_i w_i x_i over the rows of the global batch, the same on every device; differentiable.
+
+  The one collective through which a loss couples the rows of the global batch.
+  x: [b, ...] this device's rows; weight: [b], 0 for padding rows, which so count
+  nowhere. With `y` [b, ...], the weighted sum of outer products
+  sum_i w_i x_i (x) y_i, e.g. [K1, K2] from [b, K1] and [b, K2], computed as one
+  matrix product per device (never [b, K1, K2]).
+  """
+  weight = weight.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+  weighted = jnp.where(weight > 0, x * weight, 0)  # an inf in a padding row gives 0, not NaN
+  local = jnp.sum(weighted, axis=0) if y is None else jnp.tensordot(weighted, y, axes=([0], [0]))
+  return lax.psum(local, DATA_AXIS)
+
+
+def batch_mean(x: jax.Array, weight: jax.Array) -> jax.Array:
+  """The mean of x [b, ...] over the real rows of the global batch (see `batch_sum`)."""
+  return batch_sum(x, weight) / jnp.maximum(batch_sum(jnp.ones_like(weight), weight), 1.0)
+
+
+def batch_max(x: jax.Array, weight: jax.Array) -> jax.Array:
+  """max_i x_i over the real rows of the global batch ([b, ...] -> [...]), under stop-gradient.
+
+  For shifting exponentials (any constant shift cancels in a softmax, so no
+  gradient is needed; `pmax` has none).
+  """
+  x = lax.stop_gradient(x)
+  real = (weight > 0).reshape((-1,) + (1,) * (x.ndim - 1))
+  return lax.pmax(jnp.max(jnp.where(real, x, -jnp.inf), axis=0), DATA_AXIS)
+
+
+def global_positions(rows: int) -> jax.Array:
+  """[rows] positions of this device's rows in the global batch (device order)."""
+  return lax.axis_index(DATA_AXIS) * rows + jnp.arange(rows)
+
+
+def global_rows(rows: int) -> int:
+  """The global batch size, given this device's number of rows."""
+  return rows * lax.axis_size(DATA_AXIS)
 
 
 def total(x: Any) -> Any:
-  """Sum over devices."""
+  """Sum over devices (of values already reduced on each device, such as counts)."""
   return lax.psum(x, DATA_AXIS)
+
+
+def host_copy(tree: Any) -> Any:
+  """This host's numpy copy of a replicated pytree (works when other hosts hold copies too)."""
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x),
+      tree)
 
 
 def global_batch_from_host(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -4,15 +4,19 @@
       --pretrain_workdir=/tmp/coke_digits --workdir=/tmp/coke_digits_linear
 
 The model and data settings are those of configs/digits.py (they must match
-the checkpoint; pass the pretraining run's --config.model.* overrides too).
+the checkpoint; pass the pretraining run's --config.model.* overrides too). The
+argument names the pretraining objective, as in configs/digits.py
+(`--config=configs/linear_eval_digits.py:swav`); the probe reads only the backbone.
 """
 
 from coke_jax.evaluation import linear_probe
 from configs import digits
 
+VARIANTS = digits.VARIANTS
 
-def get_config():
-  c = digits.get_config()
+
+def get_config(objective: str = "coke"):
+  c = digits.get_config(objective)
   c.linear_eval = linear_probe.default_config()
   c.linear_eval.num_epochs = 90          # supp. 2.1
   c.linear_eval.batch_size = 256         # 1,438 training digits: 6 steps per epoch

@@ -7,11 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coke_jax import checkpointing
 from coke_jax import clustering
 from coke_jax import errors
 from coke_jax import objectives
-from coke_jax import sharding
 from coke_jax import train
 from coke_jax.data import sources
 from coke_jax.objectives import coke
@@ -33,7 +31,7 @@ class CoKeObjectiveTest(absltest.TestCase):
     super().setUp()
     self.obj = coke.CoKe(num_clusters=(3, 5), num_examples=12, embed_dim=4, temperature=0.1,
                          min_size_ratio=0.6, dual_lr=0.5, alpha=0.2, beta=0.5)
-    self.heads = self.obj.init(jax.random.PRNGKey(0))
+    self.heads = self.obj.init(jax.random.PRNGKey(0))[1]
     rng = np.random.default_rng(0)
     self.heads = tuple(h._replace(prev_labels=jnp.asarray(rng.integers(0, k, 12), jnp.int32))
                        for h, k in zip(self.heads, (3, 5)))
@@ -42,9 +40,9 @@ class CoKeObjectiveTest(absltest.TestCase):
     self.index = np.array([0, 5, 7, 2, 11, 3], np.int32)
 
   def test_two_view_loss_matches_algorithm_2(self):
-    loss, _ = self.obj.loss(self.heads, {"proj": jnp.asarray(self.proj),
-                                         "pred": jnp.asarray(self.pred)}, jnp.asarray(self.index),
-                            jnp.int32(3))
+    loss, _ = self.obj.per_example_loss(self.heads, {"proj": jnp.asarray(self.proj),
+                                                     "pred": jnp.asarray(self.pred)},
+                                        jnp.asarray(self.index))
     expected = 0.0
     for head, k in zip(self.heads, (3, 5)):
       c = np.asarray(head.prev_centers)
@@ -60,7 +58,7 @@ class CoKeObjectiveTest(absltest.TestCase):
 
   def test_update_writes_labels_and_ignores_padding(self):
     weight = np.array([1, 1, 1, 1, 0, 0], np.float32)  # the last two rows are padding
-    heads, _ = self.obj.update(self.heads, jnp.asarray(self.proj), jnp.asarray(self.index),
+    heads, _ = self.obj.update_global(self.heads, jnp.asarray(self.proj), jnp.asarray(self.index),
                                jnp.asarray(weight), jnp.int32(3))
     for old, new, k in zip(self.heads, heads, (3, 5)):
       x = self.proj.mean(0)
@@ -81,9 +79,9 @@ class CoKeObjectiveTest(absltest.TestCase):
       np.testing.assert_array_equal(new.prev_centers, old.prev_centers)
 
   def test_end_epoch_rolls_labels_and_centers(self):
-    heads, _ = self.obj.update(self.heads, jnp.asarray(self.proj), jnp.asarray(self.index),
+    heads, _ = self.obj.update_global(self.heads, jnp.asarray(self.proj), jnp.asarray(self.index),
                                jnp.ones(6), jnp.int32(3))
-    rolled, metrics = self.obj.end_epoch(heads, jnp.int32(3))
+    rolled, metrics = self.obj.end_epoch({}, heads, jnp.int32(3))
     for before, after in zip(heads, rolled):
       np.testing.assert_array_equal(after.prev_labels, before.labels)
       np.testing.assert_array_equal(after.prev_centers, before.centers)
@@ -115,9 +113,9 @@ class CoKeObjectiveTest(absltest.TestCase):
   def test_per_cluster_bounds_and_full_projection(self):
     obj = coke.CoKe(num_clusters=(3,), num_examples=12, embed_dim=4,
                     min_size_ratios=((0.3, 1.2, 0.9),), dual_lr=5.0, dual_l1_radius=0.2)
-    heads = obj.init(jax.random.PRNGKey(1))
+    heads = obj.init(jax.random.PRNGKey(1))[1]
     np.testing.assert_allclose(obj.min_size_fracs(0), [0.1, 0.4, 0.3], rtol=1e-6)
-    new, _ = obj.update(heads, jnp.asarray(self.proj), jnp.asarray(self.index), jnp.ones(6),
+    new, _ = obj.update_global(heads, jnp.asarray(self.proj), jnp.asarray(self.index), jnp.ones(6),
                         jnp.int32(1))
     x = self.proj.mean(0)
     labels = np.argmax(x @ np.asarray(heads[0].centers).T, -1)
@@ -125,22 +123,22 @@ class CoKeObjectiveTest(absltest.TestCase):
     expected = np.asarray(clustering.project_dual(jnp.asarray(raw, jnp.float32), 0.2))
     np.testing.assert_allclose(new[0].dual, expected, atol=1e-6)
     self.assertLessEqual(float(new[0].dual.sum()), 0.2 + 1e-6)
-    _, metrics = obj.end_epoch(new, jnp.int32(1))
+    _, metrics = obj.end_epoch({}, new, jnp.int32(1))
     counts = np.bincount(labels, minlength=3)
     self.assertEqual(int(metrics["num_under_bound/k3_0"]), int(np.sum(counts < [1.2, 4.8, 3.6])))
 
   def test_epoch_centers_stay_fixed_until_the_epoch_ends(self):  # Eq. 10
     obj = coke.CoKe(num_clusters=(5,), num_examples=12, embed_dim=4, center_update="epoch",
                     dual_lr=0.0)
-    heads = obj.init(jax.random.PRNGKey(2))
+    heads = obj.init(jax.random.PRNGKey(2))[1]
     start = np.asarray(heads[0].centers)
     x = self.proj.mean(0)
     for rows in (slice(0, 3), slice(3, 6)):
-      heads, _ = obj.update(heads, jnp.asarray(self.proj[:, rows]),
+      heads, _ = obj.update_global(heads, jnp.asarray(self.proj[:, rows]),
                             jnp.asarray(self.index[rows]), jnp.ones(3), jnp.int32(2))
       np.testing.assert_array_equal(heads[0].centers, start)
     labels = np.argmax(x @ start.T, -1)
-    rolled, _ = obj.end_epoch(heads, jnp.int32(2))
+    rolled, _ = obj.end_epoch({}, heads, jnp.int32(2))
     expected = start.copy()
     for k in np.unique(labels):
       c = x[labels == k].sum(0)
@@ -157,8 +155,8 @@ class CoKeObjectiveTest(absltest.TestCase):
     small_pred = _unit(rng.normal(size=(3, 6, 4))).astype(np.float32)
     outputs = {"proj": self.proj, "pred": self.pred, "proj_small": small_proj,
                "pred_small": small_pred}
-    loss, _ = obj.loss(self.heads, jax.tree_util.tree_map(jnp.asarray, outputs),
-                       jnp.asarray(self.index), jnp.int32(3))
+    loss, _ = obj.per_example_loss(self.heads, jax.tree_util.tree_map(jnp.asarray, outputs),
+                                   jnp.asarray(self.index))
 
     def ce(logits, target):
       return -(target * _log_softmax(logits)).sum(-1)
@@ -185,21 +183,22 @@ class CoKeObjectiveTest(absltest.TestCase):
     n, k, t_prime = 12, 3, 1
     obj = coke.CoKe(num_clusters=(k,), num_examples=n, embed_dim=4, average_after_epoch=t_prime,
                     avg_label_size=5, avg_label_temperature=0.5, dual_lr=0.0)
-    heads = obj.init(jax.random.PRNGKey(3))
+    heads = obj.init(jax.random.PRNGKey(3))[1]
     self.assertEqual(heads[0].avg_label_ids.shape, (n, 5))
     rng = np.random.default_rng(5)
     history, averaged = [], None
     for epoch in range(5):  # 0 is the scan; epochs 2, 3, 4 are the second stage
       x = _unit(rng.normal(size=(1, n, 4))).astype(np.float32)
       centers_before = np.asarray(heads[0].centers)
-      heads, _ = obj.update(heads, jnp.asarray(x), jnp.arange(n), jnp.ones(n), jnp.int32(epoch))
+      heads, _ = obj.update_global(heads, jnp.asarray(x), jnp.arange(n), jnp.ones(n),
+                                   jnp.int32(epoch))
       labels = np.argmax(x[0] @ centers_before.T, -1)
       np.testing.assert_array_equal(heads[0].labels, labels)
       if epoch > t_prime:  # the second stage assigns with the fixed averaged centers (Eq. 10)
         np.testing.assert_array_equal(heads[0].centers, centers_before)
       epoch_centers = np.asarray(clustering.epoch_centers(clustering.OnlineState(
           heads[0].centers, heads[0].centers_sum, heads[0].counts, heads[0].dual)))
-      heads, _ = obj.end_epoch(heads, jnp.int32(epoch))
+      heads, _ = obj.end_epoch({}, heads, jnp.int32(epoch))
       history.append(labels)
       f = 1.0 / max(epoch - t_prime, 1)
       averaged = epoch_centers if f == 1.0 else (1 - f) * averaged + f * epoch_centers
@@ -214,7 +213,7 @@ class CoKeObjectiveTest(absltest.TestCase):
     np.testing.assert_allclose(dense, y_hat, atol=1e-6)
     # The loss of epoch 5 uses the sharpened averaged label against the averaged centers (Eq. 14).
     proj = _unit(rng.normal(size=(1, n, 4))).astype(np.float32)
-    loss, _ = obj.loss(heads, {"proj": jnp.asarray(proj)}, jnp.arange(n), jnp.int32(5))
+    loss, _ = obj.per_example_loss(heads, {"proj": jnp.asarray(proj)}, jnp.arange(n))
     target = np.where(y_hat > 0, np.exp(y_hat / 0.5), 0.0)
     target /= target.sum(-1, keepdims=True)
     expected = -(target * _log_softmax(proj[0] @ averaged.T / 0.1)).sum(-1)
@@ -223,8 +222,8 @@ class CoKeObjectiveTest(absltest.TestCase):
 
   def _assert_one_dual_step_per_head(self, obj, etas):
     """One update from rho = 0: each head's duals move by its own eta (Eq. 9, max(0, .))."""
-    heads = obj.init(jax.random.PRNGKey(0))
-    new, _ = obj.update(heads, jnp.asarray(self.proj), jnp.asarray(self.index), jnp.ones(6),
+    heads = obj.init(jax.random.PRNGKey(0))[1]
+    new, _ = obj.update_global(heads, jnp.asarray(self.proj), jnp.asarray(self.index), jnp.ones(6),
                         jnp.int32(1))
     for h, (head, k) in enumerate(zip(heads, obj.num_clusters)):
       labels = np.argmax(self.proj.mean(0) @ np.asarray(head.centers).T, -1)
@@ -234,7 +233,7 @@ class CoKeObjectiveTest(absltest.TestCase):
   def test_dual_lr_rule_per_head_from_the_config(self):
     config = testing.smoke_config(**{"objective.dual_lr": None, "objective.num_clusters": (4, 8),
                                      "model.embed_dim": 4})
-    obj = objectives.build_objective(config, num_examples=500)
+    obj = objectives.build(config, num_examples=500)
     epochs = config.num_epochs + 1
     self.assertEqual(obj.dual_lr, tuple(clustering.default_dual_lr(k, config.global_batch_size,
                                                                    500 * epochs) for k in (4, 8)))
@@ -243,13 +242,13 @@ class CoKeObjectiveTest(absltest.TestCase):
   def test_dual_lrs_gives_one_eta_per_head_and_checks_its_length(self):
     config = testing.smoke_config(**{"objective.dual_lrs": (0.5, 2.0),
                                      "objective.num_clusters": (4, 8), "model.embed_dim": 4})
-    obj = objectives.build_objective(config, num_examples=500)
+    obj = objectives.build(config, num_examples=500)
     self.assertEqual(obj.dual_lr, (0.5, 2.0))
     self._assert_one_dual_step_per_head(obj, (0.5, 2.0))
     config = testing.smoke_config(**{"objective.dual_lrs": (0.5, 2.0, 4.0),
                                      "objective.num_clusters": (4, 8)})
     with self.assertRaisesRegex(errors.ConfigError, r"dual_lrs has 3 values for 2 heads"):
-      objectives.build_objective(config, num_examples=500)
+      objectives.build(config, num_examples=500)
 
 
 class SecondStageThroughTheTrainerTest(absltest.TestCase):
@@ -264,9 +263,7 @@ class SecondStageThroughTheTrainerTest(absltest.TestCase):
     workdir = self.create_tempdir().full_path
     stopped = train.train_and_evaluate(config, workdir, stop_at_step=13)
     source = sources.get_source(config.dataset)
-    trainer = train.Trainer(config, source, sharding.make_mesh())
-    restored = checkpointing.Checkpointer(workdir, config, source.num_train).restore_or(
-        trainer.init_state())
+    restored = testing.restore_latest(workdir, config)
     for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(restored.objective)),
                     jax.tree_util.tree_leaves(jax.device_get(stopped.objective))):
       np.testing.assert_array_equal(a, b)

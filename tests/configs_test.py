@@ -2,6 +2,7 @@
 
 import glob
 import importlib
+import json
 import os
 import time
 
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from coke_jax import models
+from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax import train
 from coke_jax.data import augment
@@ -19,17 +21,30 @@ from coke_jax.data import sources
 from coke_jax.evaluation import linear_probe
 from tests import fake_tfds
 
-_CONFIGS = sorted(os.path.basename(p)[:-3]
-                  for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
-                  if not p.endswith("__init__.py"))
+_FILES = sorted(os.path.basename(p)[:-3]
+                for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
+                if not p.endswith("__init__.py"))
+# (file, argument) of every config: a file's VARIANTS lists the arguments it takes.
+_CONFIGS = [(name, variant) for name in _FILES
+            for variant in getattr(importlib.import_module(f"configs.{name}"), "VARIANTS", (None,))]
 
 
+def _get_config(name, variant):
+  module = importlib.import_module(f"configs.{name}")
+  return module.get_config() if variant is None else module.get_config(variant)
+
+
+# STL-10 configs run on the fake CIFAR-10 (the test checks the step, not the dataset).
 _FAKE = {"cifar10": "coke_fake_cifar10", "cifar100": "coke_fake_cifar100",
-         "imagenet2012": "coke_fake_imagenet"}
+         "imagenet2012": "coke_fake_imagenet", "stl10": "coke_fake_cifar10"}
 
 
 def _shrunk(config, data_dir):
-  """The config at toy sizes, on the fake TFDS datasets; the backbone is kept."""
+  """The config at toy sizes, on the fake TFDS datasets; every ResNet becomes a narrow
+  ResNet-18 with the config's stem (the ResNets themselves: models_test, interop_test)."""
+  if config.model.backbone.startswith("resnet"):
+    config.model.backbone = "resnet18"
+    config.model.backbone_kwargs = {**config.model.backbone_kwargs.to_dict(), "width": 8}
   if config.dataset.name in _FAKE:
     config.dataset.name = _FAKE[config.dataset.name]
     config.dataset.data_dir = data_dir
@@ -39,9 +54,27 @@ def _shrunk(config, data_dir):
   config.global_batch_size = 8
   config.model.proj_hidden_dim = 32
   config.model.pred_hidden_dim = 32 if config.model.pred_hidden_dim else 0
-  config.objective.num_clusters = tuple(range(2, 2 + len(config.objective.num_clusters)))
+  for key in ("num_clusters", "num_prototypes", "num_classes"):  # K of each head
+    if key in config.objective:
+      config.objective[key] = tuple(range(2, 2 + min(len(config.objective[key]), 3)))
+  if "column_group_size" in config.objective:
+    config.objective.column_group_size = 4 if config.objective.column_group_size else 0
+  if "queue_length" in config.objective:
+    config.objective.queue_length = 8 if config.objective.queue_length else 0
   config.num_epochs = 2
   return config
+
+
+def _program(name, variant):
+  """What fixes the shrunk config's step program: configs that share it run one step test."""
+  config = _shrunk(_get_config(name, variant), "")
+  return json.dumps([config.model.to_dict(), config.objective.name, config.num_views,
+                     config.num_small_views, config.optimizer.name,
+                     sorted(config.objective)], sort_keys=True, default=str)
+
+
+# One config per distinct step program (e.g. CIFAR-10 and -100 of one recipe share one).
+_PROGRAMS = list({_program(*c): c for c in reversed(_CONFIGS)}.values())[::-1]
 
 
 class ConfigsTest(parameterized.TestCase):
@@ -58,27 +91,32 @@ class ConfigsTest(parameterized.TestCase):
     cls.fake_data.__exit__(None, None, None)
     super().tearDownClass()
 
-  @parameterized.parameters(*_CONFIGS)
-  def test_one_learning_step_on_fake_data(self, name):
-    config = _shrunk(importlib.import_module(f"configs.{name}").get_config(), self.data_dir)
+  @parameterized.parameters(*_PROGRAMS)
+  def test_one_learning_step_on_fake_data(self, name, variant):
+    config = _shrunk(_get_config(name, variant), self.data_dir)
     mesh = sharding.make_mesh(jax.devices()[:1])  # train_step_test covers 8 devices
     source = sources.get_source(config.dataset)
     trainer = train.Trainer(config, source, mesh)
     state = trainer.init_state()
     spe = trainer.steps_per_epoch
-    state = state.replace(step=state.step + spe)  # the first step of epoch 1 (learning)
-    host_batch = next(input_pipeline.train_batches(source, config, epoch=1))
-    self.assertEqual(host_batch["images"].shape[1], config.num_views)
+    epoch = trainer.scan_epochs  # the first learning epoch
+    state = state.replace(step=state.step + epoch * spe)
+    host_batch = next(input_pipeline.train_batches(source, config, epoch=epoch))
+    views = "view_params" if "canvas" in host_batch else "images"  # natural images: on device
+    self.assertEqual(host_batch[views].shape[1], config.num_views)
     if config.num_small_views:
-      self.assertEqual(host_batch["small_images"].shape[1], config.num_small_views)
-    state, metrics = trainer.step(state, sharding.global_batch_from_host(host_batch, mesh), 1)
-    self.assertEqual(int(state.step), spe + 1)
+      self.assertEqual(host_batch["small_" + views].shape[1], config.num_small_views)
+    state, metrics = trainer.step(state, sharding.global_batch_from_host(host_batch, mesh), epoch)
+    self.assertEqual(int(state.step), epoch * spe + 1)
     self.assertTrue(jax.numpy.isfinite(metrics["loss"]))
     self.assertGreater(float(metrics["grad_norm"]), 0.0)
 
-  @parameterized.parameters(*[name for name in _CONFIGS if name.startswith("linear_eval")])
-  def test_linear_probe_config_restores_trains_and_evaluates(self, name):
-    config = _shrunk(importlib.import_module(f"configs.{name}").get_config(), self.data_dir)
+  # The probe reads only the backbone: one pretraining objective per linear_eval file
+  # (every objective's checkpoint is probed in evaluation_objectives_test).
+  @parameterized.parameters(*[c for c in _CONFIGS if c[0].startswith("linear_eval")
+                              and c[1] is None])
+  def test_linear_probe_config_restores_trains_and_evaluates(self, name, variant):
+    config = _shrunk(_get_config(name, variant), self.data_dir)
     config.linear_eval.num_epochs = 1
     config.linear_eval.batch_size = 8 if config.dataset.name in _FAKE.values() else 256
     pretrain_dir = self.create_tempdir().full_path
@@ -90,12 +128,14 @@ class ConfigsTest(parameterized.TestCase):
     self.assertBetween(results["top5"], results["top1"], 1.0)
 
   @parameterized.parameters(*_CONFIGS)
-  def test_builds_with_known_keys(self, name):
-    config = importlib.import_module(f"configs.{name}").get_config()
+  def test_builds_with_known_keys(self, name, variant):
+    config = _get_config(name, variant)
     config.lock()
     with self.assertRaises(AttributeError):
-      config.objective.num_clusterz = (3,)
-    self.assertLen(set(config.objective.num_clusters), len(config.objective.num_clusters))
+      config.objective.temperaturee = 0.1
+    with self.assertRaises(AttributeError):
+      config.optimizer.learning_rat = 0.1
+    objectives.build(config, num_examples=100_000)  # the unshrunk settings are valid
 
   def test_two_view_config_matches_paper(self):
     c = importlib.import_module("configs.coke_two_view").get_config()

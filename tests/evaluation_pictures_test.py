@@ -29,7 +29,8 @@ class ExemplarGridTest(absltest.TestCase):
     embeddings = centers[cluster] + 0.1 * rank[:, None] * np.eye(6)[5]
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     tile, pad, label = 16, 2, 36
-    grid = pictures.exemplar_grid(_marker_images(24), embeddings, centers, np.array([3, 1]),
+    ids = np.array([3, 1])
+    grid = pictures.exemplar_grid(_marker_images(24), embeddings @ centers[ids].T, ids,
                                   per_cluster=5, tile=tile, pad=pad)
     self.assertEqual(grid.shape, (2 * (tile + pad) + pad, label + 5 * (tile + pad) + pad, 3))
     for row, cluster_id in enumerate((3, 1)):
@@ -77,6 +78,11 @@ class ClusterSizeChartTest(absltest.TestCase):
     under = np.any(np.all(chart == pictures._UNDER, axis=-1), axis=0)
     self.assertTrue(under[-20:].any())  # the smallest clusters, at the right, are red
     self.assertFalse(under[:200].any())
+
+  def test_without_a_bound_no_bar_is_red(self):
+    chart = pictures.cluster_size_chart(np.array([50, 10, 200]), bound=None, title="SwAV")
+    self.assertFalse(np.any(np.all(chart == pictures._UNDER, axis=-1)))
+    self.assertTrue(np.any(np.all(chart == pictures._BAR, axis=-1)))
 
 
 class WriteTest(absltest.TestCase):

@@ -15,6 +15,7 @@ from coke_jax import train
 from coke_jax.evaluation import checkpoint_eval
 from coke_jax.evaluation import metrics
 from coke_jax.evaluation import pretraining_eval
+from coke_jax.objectives import EvalHead
 from coke_jax.objectives import coke
 from tests import testing
 
@@ -30,7 +31,7 @@ class EvaluateTest(absltest.TestCase):
     train_assignment = [rng.integers(0, 3, num_train), np.repeat(np.arange(5), 60)]
     state = tuple(head._replace(prev_centers=jnp.asarray(c, jnp.float32),
                                 prev_labels=jnp.asarray(a, jnp.int32))
-                  for head, c, a in zip(objective.init(jax.random.PRNGKey(0)), centers,
+                  for head, c, a in zip(objective.init(jax.random.PRNGKey(0))[1], centers,
                                         train_assignment))
     # Held-out images of class y sit at center (2 - y) of head 0: a permuted, perfect clustering.
     labels = rng.integers(0, 3, 90)
@@ -42,11 +43,12 @@ class EvaluateTest(absltest.TestCase):
     outputs_heldout = {"features": np.eye(3, 4)[labels] + 0.1 * rng.normal(size=(90, 4)),
                        "proj": proj, "label": labels}
     config = testing.smoke_config()
-    results = pretraining_eval.evaluate(outputs_train, outputs_heldout, 3, objective, state, config)
+    results = pretraining_eval.evaluate(outputs_train, outputs_heldout, 3,
+                                        objective.eval_heads({}, state), config)
 
     self.assertEqual(set(results["heads"]), {"k3_0", "k5_1"})
     head0 = results["heads"]["k3_0"]
-    for key in ("acc", "nmi", "ari", "majority_acc"):
+    for key in ("acc", "nmi", "ari", "ami", "majority_acc"):
       self.assertAlmostEqual(head0[key], 1.0, msg=key)
     head1 = results["heads"]["k5_1"]
     expected = metrics.clustering_metrics(np.argmax(proj @ centers[1].T, axis=1), labels)
@@ -60,6 +62,22 @@ class EvaluateTest(absltest.TestCase):
     self.assertEqual(set(results["knn"]), {"k20", "k200"})
     self.assertEqual(results["knn_top1"], results["knn"]["k20"]["top1"])
     self.assertEqual(results["knn"]["k20"]["top1"], 1.0)  # well separated classes
+
+  def test_a_head_without_labels_or_bound_reports_its_predicted_train_sizes(self):
+    rng = np.random.default_rng(1)
+    proj = rng.normal(size=(50, 4))
+    head = EvalHead(name="k3_0", input="proj", kernel=rng.normal(size=(4, 3)),
+                    bias=np.array([0.0, 0.5, -0.5]))
+    train_outputs = {"features": rng.normal(size=(50, 2)), "proj": proj,
+                     "label": rng.integers(0, 3, 50)}
+    results = pretraining_eval.evaluate(train_outputs, dict(train_outputs), 3, [head],
+                                        testing.smoke_config())
+    sizes = np.bincount(np.argmax(proj @ head.kernel + head.bias, -1), minlength=3)
+    got = results["heads"]["k3_0"]
+    self.assertEqual((got["train_min_size"], got["train_max_size"]), (sizes.min(), sizes.max()))
+    self.assertNotIn("train_size_bound", got)
+    self.assertEqual(set(got) - {"train_min_size", "train_max_size"},
+                     {"acc", "nmi", "ari", "ami", "majority_acc"})
 
 
 def _scalars_and_images(workdir):

@@ -69,19 +69,20 @@ class RestoreTest(absltest.TestCase):
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     restored = dict(np.load(out))
     self.assertEqual(int(restored.pop("step")), 8)
-    expected = _flat({"params": self.state.params["backbone"],
+    expected = _flat({"params": self.state.params["model"]["backbone"],
                       "batch_stats": self.state.batch_stats["backbone"]})
     self.assertEqual(set(restored), set(expected))
     for key, value in expected.items():
       np.testing.assert_array_equal(restored[key], value, err_msg=key)
 
-  def test_restores_clustering_state_and_not_the_optimizer(self):
+  def test_restores_objective_state_and_not_the_optimizer(self):
     source = sources.get_source(self.config.dataset)
     trainer = train.Trainer(self.config, source, sharding.make_mesh())
     shapes = jax.eval_shape(trainer.init_state)
     target = {"objective": shapes.objective, "params": shapes.params}
-    restored, step = restore.restore(self.pretrain_dir, target, sharding.make_mesh(), self.config,
-                                     source.num_train, compare=("model", "objective.num_clusters"))
+    expected = checkpointing.fingerprint(self.config, source.num_train, trainer.objective)
+    restored, step = restore.restore(self.pretrain_dir, target, sharding.make_mesh(), expected,
+                                     compare=("model", "objective"))
     self.assertEqual(step, 8)
     self.assertEqual(set(restored), {"objective", "params"})
     self.assertEqual(type(restored["objective"][0]).__name__, "HeadState")
@@ -100,10 +101,9 @@ class RestoreTest(absltest.TestCase):
   def test_missing_checkpoint_is_explained(self):
     empty = self.create_tempdir().full_path
     with self.assertRaisesRegex(restore.MissingCheckpointError, "--pretrain_workdir"):
-      restore.restore(empty, {}, sharding.make_mesh(), self.config, 1, compare=())
+      restore.restore(empty, {}, sharding.make_mesh(), {}, compare=())
     with self.assertRaisesRegex(restore.MissingCheckpointError, r"step 7.*holds steps \[8\]"):
-      restore.restore(self.pretrain_dir, {}, sharding.make_mesh(), self.config, 1, compare=(),
-                      step=7)
+      restore.restore(self.pretrain_dir, {}, sharding.make_mesh(), {}, compare=(), step=7)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 
 from coke_jax import checkpointing
 from coke_jax import monitor
+from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax import train
 from coke_jax.data import sources
@@ -111,7 +112,8 @@ class MainFailuresTest(absltest.TestCase):
   def test_incompatible_checkpoint(self):
     out, _ = self._fail("--config.objective.num_clusters=(10, 20)")
     self.assertIn("IncompatibleCheckpointError", out)
-    self.assertIn("objective.num_clusters: checkpoint [10, 16] vs config [10, 20]", out)
+    self.assertRegex(out, r"objective: checkpoint .*'num_clusters': \[10, 16\].* vs config "
+                          r".*'num_clusters': \[10, 20\]")
     self.assertIn("neither loaded nor overwritten", out)
     self.assertNotIn("Traceback", out)
 
@@ -123,6 +125,11 @@ class MainFailuresTest(absltest.TestCase):
     self.assertEqual(sorted(os.listdir(os.path.join(workdir, "checkpoints"))), ["2", "4"])
 
 
+def _checkpointer(workdir, config, num_train):
+  return checkpointing.Checkpointer.for_training(workdir, config, num_train,
+                                                 objectives.build(config, num_train))
+
+
 class IncompatibleCheckpointTest(absltest.TestCase):
   """Another N (the dataset split), model, batch size or seed is refused like another K (above)."""
 
@@ -130,7 +137,7 @@ class IncompatibleCheckpointTest(absltest.TestCase):
     workdir = self.create_tempdir().full_path
     config = testing.smoke_config()
     num_train = sources.get_source(config.dataset).num_train
-    saver = checkpointing.Checkpointer(workdir, config, num_train)
+    saver = _checkpointer(workdir, config, num_train)
     saver.save(0, {"params": jnp.ones(3)})  # the settings are checked before the state
     saver.wait()
     for key, value, diff in (
@@ -142,7 +149,7 @@ class IncompatibleCheckpointTest(absltest.TestCase):
       other = testing.smoke_config(**{key: value})
       num_train = sources.get_source(other.dataset).num_train
       with self.assertRaisesRegex(checkpointing.IncompatibleCheckpointError, diff):
-        checkpointing.Checkpointer(workdir, other, num_train)
+        _checkpointer(workdir, other, num_train)
 
 
 class NonFiniteCheckTest(absltest.TestCase):
@@ -150,8 +157,8 @@ class NonFiniteCheckTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.mesh = sharding.make_mesh()
-    self.checkpoints = checkpointing.Checkpointer(self.create_tempdir().full_path,
-                                                  testing.smoke_config(), 100)
+    self.checkpoints = _checkpointer(self.create_tempdir().full_path, testing.smoke_config(),
+                                     100)
 
   def test_names_the_first_bad_step(self):
     check = monitor.NonFiniteCheck(self.mesh)
@@ -200,17 +207,26 @@ class CollapseMonitorTest(absltest.TestCase):
     self.assertIn("below 0.5 x the size bound (70.0) for 3 epochs",
                   collapse.state["recent_warnings"][-1])
 
+  def test_loss_at_uniform_predictions_warns_after_patience(self):
+    collapse = self._monitor()
+    stats = {**_epoch_stats(0.2, 40, 0.0), "loss_vs_uniform/k10_0": 0.995}
+    self.assertEqual([collapse.end_epoch(e, stats)["k10_0"] for e in range(3)], [0.0, 0.0, 1.0])
+    self.assertIn("the loss has stayed at 99.5% of that of uniform predictions (ln K) for 3",
+                  collapse.state["recent_warnings"][-1])
+    learning = {**_epoch_stats(0.2, 40, 0.0), "loss_vs_uniform/k10_0": 0.6}
+    self.assertEqual(collapse.end_epoch(3, learning)["k10_0"], 0.0)
+
   def test_state_survives_a_checkpoint(self):
     workdir = self.create_tempdir().full_path
     config = testing.smoke_config()
     collapse = self._monitor()
     for epoch in range(2):
       collapse.end_epoch(epoch, _epoch_stats(0.2, 30, 70))
-    saver = checkpointing.Checkpointer(workdir, config, 100)
+    saver = _checkpointer(workdir, config, 100)
     state = {"x": jnp.ones(2)}
     saver.save(1, state, collapse.state)
     saver.wait()
-    _, restored = checkpointing.Checkpointer(workdir, config, 100).restore_or(state, monitor={})
+    _, restored = _checkpointer(workdir, config, 100).restore_or(state)
     resumed = self._monitor(restored)
     self.assertEqual(resumed.end_epoch(2, _epoch_stats(0.2, 30, 70))["k10_0"], 1.0)
 

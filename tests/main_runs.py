@@ -18,10 +18,6 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from coke_jax import checkpointing
-from coke_jax import sharding
-from coke_jax import train
-from coke_jax.data import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,14 +76,6 @@ class MainRun:
     if self.proc.poll() is None:
       self.proc.kill()
       self.proc.wait()
-
-
-def restore(workdir: str, config) -> train.TrainState:
-  """The latest checkpoint in `workdir`, restored on this process's devices."""
-  source = sources.get_source(config.dataset)
-  trainer = train.Trainer(config, source, sharding.make_mesh())
-  return checkpointing.Checkpointer(workdir, config, source.num_train).restore_or(
-      trainer.init_state())
 
 
 def scalars(workdir: str, tag: str) -> dict[int, list[float]]:

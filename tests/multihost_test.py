@@ -67,7 +67,7 @@ class TwoProcessesTest(absltest.TestCase):
     self.assertIn(f"Resumed from {two_dir}/checkpoints at step {stopped[0]}", pair[0].output())
 
     config = testing.smoke_config(**_OVERRIDES)
-    a, b = main_runs.restore(one_dir, config), main_runs.restore(two_dir, config)
+    a, b = testing.restore_latest(one_dir, config), testing.restore_latest(two_dir, config)
     self.assertEqual(int(a.step), _STEPS)
     testing.assert_trees_equal(a, b)
     with open(os.path.join(one_dir, "final_metrics.json")) as f1, \

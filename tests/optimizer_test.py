@@ -57,6 +57,29 @@ class OptimizerTest(absltest.TestCase):
     self.assertAlmostEqual(float(schedule(600)), peak / 2, places=5)  # cosine half-way
     self.assertAlmostEqual(float(schedule(1000)), 0.0, places=6)
 
+  def test_warmup_start_end_step_and_constant_schedules(self):
+    # SwAV: warm-up from 0.3 to 4.8, cosine to 0.0048.
+    config = testing.smoke_config(**{"optimizer.learning_rate": 4.8, "num_epochs": 10,
+                                     "optimizer.warmup_epochs": 2,
+                                     "optimizer.warmup_start_lr": 0.3, "optimizer.end_lr": 0.0048})
+    schedule = train.learning_rate_schedule(config, steps_per_epoch=100)
+    self.assertAlmostEqual(float(schedule(0)), 0.3, places=6)
+    self.assertAlmostEqual(float(schedule(200)), 4.8, places=5)
+    self.assertAlmostEqual(float(schedule(1000)), 0.0048, places=6)
+    # C2BIN / Local Aggregation: x 0.1 at epochs 6 and 8, after a 2-epoch warm-up.
+    with config.unlocked():
+      config.optimizer.schedule = "step"
+      config.optimizer.step_epochs = (6, 8)
+    schedule = train.learning_rate_schedule(config, steps_per_epoch=100)
+    for step, rate in ((100, (0.3 + 4.8) / 2), (599, 4.8), (600, 0.48), (800, 0.048),
+                       (999, 0.048)):
+      self.assertAlmostEqual(float(schedule(step)), rate, places=5, msg=step)
+    with config.unlocked():
+      config.optimizer.schedule = "constant"
+      config.optimizer.warmup_epochs = 0
+    schedule = train.learning_rate_schedule(config, steps_per_epoch=100)
+    self.assertEqual({float(schedule(s)) for s in (0, 500, 999)}, {4.8})
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -8,9 +8,7 @@ import sys
 from absl.testing import absltest
 
 from coke_jax import checkpointing
-from coke_jax import sharding
 from coke_jax import train
-from coke_jax.data import sources
 from tests import testing
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,18 +38,12 @@ class TrainAndEvaluateTest(absltest.TestCase):
       stopped = train.train_and_evaluate(config, resumed_dir, stop_at_step=stop)
       self.assertEqual(int(stopped.step), stop)
       # The checkpoint holds exactly the state the run stopped with.
-      restored = self._restore(config, resumed_dir)
+      restored = testing.restore_latest(resumed_dir, config)
       testing.assert_trees_equal(restored, stopped)
     resumed = train.train_and_evaluate(config, resumed_dir)
     testing.assert_trees_equal(resumed, full)
     with open(os.path.join(resumed_dir, "final_metrics.json")) as f:
       self.assertEqual(json.load(f), results)
-
-  def _restore(self, config, workdir):
-    source = sources.get_source(config.dataset)
-    trainer = train.Trainer(config, source, sharding.make_mesh())
-    return checkpointing.Checkpointer(workdir, config, source.num_train).restore_or(
-        trainer.init_state())
 
   def test_incompatible_checkpoint_is_refused_and_kept(self):
     workdir = self.create_tempdir().full_path
@@ -60,7 +52,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
     other = testing.smoke_config(num_epochs=1, **{"objective.num_clusters": (10, 20)})
     with self.assertRaisesRegex(checkpointing.IncompatibleCheckpointError,
-                                "objective.num_clusters.*neither loaded nor overwritten"):
+                                "objective.*num_clusters.*neither loaded nor overwritten"):
       train.train_and_evaluate(other, workdir)
     self.assertEqual(sorted(os.listdir(os.path.join(workdir, "checkpoints"))), before)
 
@@ -83,7 +75,13 @@ class MainTest(absltest.TestCase):
     out = self._main("--config=configs/smoke.py", f"--workdir={workdir}",
                      "--config.num_epochs=1", "--config.log_every_steps=3")
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
-    self.assertRegex(out.stderr, r"step 12/12 +epoch 1.00/1 +loss [0-9.]+ +[0-9,]+ img/s +ETA")
+    self.assertRegex(out.stderr, r"step 12/12 +epoch 1.00/1 +loss [0-9.]+ +[0-9,]+ img/s")
+    self.assertRegex(out.stderr, r"Progress: [0-9.]+ steps/s, 100.0% \(12/12\), ETA: ")
+    # The console is for people: no echo of scalars (they go to TensorBoard and metrics.jsonl).
+    self.assertNotIn("clusters/", out.stderr)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      tags = set().union(*(json.loads(line) for line in f))
+    self.assertTrue({"train/loss", "clusters/min_size/k10_0", "eval/heads/k10_0/ami"} <= tags)
     self.assertTrue(os.path.exists(os.path.join(workdir, "final_metrics.json")))
 
 

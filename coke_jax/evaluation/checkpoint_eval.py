@@ -2,7 +2,7 @@
 
 The same evaluation as at the end of pretraining, on any checkpoint of a run,
 on any number of devices: restores the model's params and BN statistics and
-the clustering state (not the optimizer state), then writes
+the objective's params and state (not the optimizer state), then writes
 `<workdir>/eval_metrics.json`, TensorBoard summaries and pictures to `workdir`.
 """
 
@@ -11,52 +11,62 @@ import os
 from typing import Any, Optional
 
 from absl import logging
-from clu import metric_writers
 import jax
-import jax.numpy as jnp
 import ml_collections
 import tensorflow as tf
 
-from coke_jax import models
-from coke_jax import objectives
+from coke_jax import checkpointing
 from coke_jax import sharding
+from coke_jax import train
+from coke_jax import writers
 from coke_jax.data import sources
 from coke_jax.evaluation import pictures
 from coke_jax.evaluation import pretraining_eval
 from coke_jax.evaluation import restore
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, pretrain_workdir: str,
-                        step: Optional[int] = None) -> dict[str, Any]:
-  """Evaluates checkpoint `step` (None: the latest) of the run in `pretrain_workdir`."""
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        pretrain_workdir: Optional[str], step: Optional[int] = None
+                        ) -> dict[str, Any]:
+  """Evaluates checkpoint `step` (None: the latest) of the run in `pretrain_workdir`.
+
+  Without `pretrain_workdir`, evaluates the backbone of `config.model.init_from`
+  (published torchvision-layout weights): kNN of its features only, since such a
+  file has no clustering heads.
+  """
   mesh = sharding.make_mesh()
   source = sources.get_source(config.dataset)
-  model = models.build_model(config.model)
-  objective = objectives.build_objective(config, source.num_train)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             jnp.zeros((2, *source.image_shape)), train=False))
-  target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {}),
-            "objective": jax.eval_shape(objective.init, jax.random.PRNGKey(0))}
-  restored, step = restore.restore(
-      pretrain_workdir, target, mesh, config, source.num_train, step=step,
-      compare=("dataset.name", "model", "objective.name", "objective.num_clusters",
-               "num_train_examples"))
-  variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
-  results, drawn = pretraining_eval.evaluate_model(model, variables, objective,
-                                                   restored["objective"], source, config, mesh,
-                                                   draw=True)
+  trainer = train.Trainer(config, source, mesh)  # compiles nothing: its shapes and objective
+  if pretrain_workdir is None:
+    state = trainer.with_backbone_from_file(trainer.init_state())
+    variables = {"params": state.params["model"], "batch_stats": state.batch_stats}
+    heads, step = [], 0
+  else:
+    abstract = jax.eval_shape(trainer.init_state)
+    target = {"params": abstract.params, "batch_stats": abstract.batch_stats,
+              "objective": abstract.objective}
+    expected = checkpointing.fingerprint(config, source.num_train, trainer.objective)
+    restored, step = restore.restore(
+        pretrain_workdir, target, mesh, expected, step=step,
+        compare=("dataset.name", "model", "objective", "num_train_examples"))
+    variables = {"params": restored["params"]["model"], "batch_stats": restored["batch_stats"]}
+    heads = trainer.objective.eval_heads(*pretraining_eval.local_copy(
+        (restored["params"]["objective"], restored["objective"])))
+  results, drawn = pretraining_eval.evaluate_model(trainer.model, variables, heads, source,
+                                                   config, mesh, draw=True)
   results["step"] = step
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  if pretrain_workdir is None:
+    results["init_from"] = config.model.init_from
+  writer = writers.create(workdir)
   writer.write_scalars(step, pretraining_eval.flat_scalars(results, "eval"))
   if jax.process_index() == 0:
     pictures.write(writer, workdir, step, drawn, tag=f"step{step}")
-  pretraining_eval.write_cluster_sizes(writer, workdir, step, f"step{step}", objective,
-                                       restored["objective"])
+  pretraining_eval.write_cluster_sizes(writer, workdir, step, f"step{step}", heads)
   writer.flush()
   if jax.process_index() == 0:
     with tf.io.gfile.GFile(os.path.join(workdir, "eval_metrics.json"), "w") as f:
       json.dump(results, f, indent=2)
-  logging.info("Checkpoint %s/%d: %s", restore.checkpoint_dir(pretrain_workdir), step,
-               pretraining_eval.summary(results))
+  evaluated = (f"{restore.checkpoint_dir(pretrain_workdir)}/{step}" if pretrain_workdir
+               else config.model.init_from)
+  logging.info("%s: %s", evaluated, pretraining_eval.summary(results))
   return results

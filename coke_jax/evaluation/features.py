@@ -17,11 +17,6 @@ from coke_jax import sharding
 from coke_jax.data import input_pipeline
 
 
-def _local(x: jax.Array) -> np.ndarray:
-  """This host's copy of a replicated array (works when other hosts hold copies too)."""
-  return np.asarray(x.addressable_data(0))
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelOutputs:
   """`apply_fn` for an `SSLModel`: its eval-mode `features`, `proj` (and `pred`)."""
@@ -54,7 +49,7 @@ def embed(apply_fn: Callable, variables, source, split: str, batch_size: int,
                                                 jax.process_count()):
     out = _step(variables, sharding.global_batch_from_host(host_batch, mesh), apply_fn=apply_fn,
                 out_sharding=sharding.replicated(mesh))
-    out = {k: _local(v) for k, v in out.items()}
+    out = sharding.host_copy(out)
     keep = out.pop("weight") > 0
     outs.append({k: v[keep] for k, v in out.items()})
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

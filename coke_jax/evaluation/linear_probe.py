@@ -13,18 +13,18 @@ the clustering state and the optimizer state are not. Optionally
 deviation over the un-augmented training images, computed once before
 training; the classifier is still linear in the features, only SGD's
 conditioning changes (as MAE's BatchNorm without affine before its probe). The step is
-data-parallel over the same mesh as pretraining (`sharding.shard_step`); the
-probe's own state is checkpointed in `<workdir>/checkpoints`, and a run
-resumes from it exactly.
+data-parallel over the same mesh as pretraining (`sharding.shard_step`) and runs
+on the same loop (`coke_jax.loop`); the probe's own state is checkpointed in
+`<workdir>/checkpoints`, and a run resumes from it exactly.
 """
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Optional
 
 from absl import logging
-from clu import metric_writers
 from flax import struct
 import flax.linen as nn
 import jax
@@ -32,12 +32,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from coke_jax import errors
+from coke_jax import checkpointing
+from coke_jax import loop
 from coke_jax import models
 from coke_jax import sharding
+from coke_jax import train
+from coke_jax import writers
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
 from coke_jax.evaluation import features
@@ -112,30 +114,32 @@ def init_params(rng: jax.Array, num_features: int, num_classes: int) -> dict[str
           "bias": jnp.zeros((num_classes,), jnp.float32)}
 
 
-def probe_step(carry, batch, *, backbone: nn.Module, tx):
+def probe_step(state: ProbeState, batch, frozen, *, backbone: nn.Module, tx, schedule,
+               augment=None):
   """One SGD step of the classifier on this device's slice of the batch.
 
-  carry: (ProbeState, frozen) with `frozen` as in `probe_features`, both
-  replicated; batch: `images` [b, 1, H, W, C], `label` [b], `weight` [b] (0
-  marks padding).
+  state and `frozen` (as in `probe_features`) are replicated; batch: `images`
+  [b, 1, H, W, C] (or what `augment` makes them from), `label` [b], `weight` [b]
+  (0 marks padding).
   """
-  state, frozen = carry
+  if augment is not None:
+    batch = augment(batch)
   feats = jax.lax.stop_gradient(probe_features(backbone, frozen, batch["images"][:, 0]))
   label, weight = batch["label"], batch["weight"]
-  num_real = sharding.total(jnp.sum(weight))
 
   def loss_fn(params):
     logits = feats @ params["kernel"] + params["bias"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, label)
-    return sharding.total(jnp.sum(ce * weight)) / num_real, logits
+    return sharding.batch_mean(ce, weight), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  correct = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
+  metrics = {"loss": loss, "top1": sharding.batch_mean(correct, weight),
+             "learning_rate": schedule(state.step)}
   state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         opt_state=opt_state)
-  correct = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
-  return (state, frozen), {"loss": loss,
-                           "top1": sharding.total(jnp.sum(correct * weight)) / num_real}
+  return state, metrics
 
 
 def pipeline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -179,30 +183,47 @@ def restore_backbone(model, source, config, mesh, pretrain_workdir: str,
   """
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                              jnp.zeros((2, *source.image_shape)), train=False))
-  target = {k: {"backbone": shapes[k]["backbone"]} for k in ("params", "batch_stats")
-            if k in shapes}
+  target = {"params": {"model": {"backbone": shapes["params"]["backbone"]}}}
+  if "batch_stats" in shapes:
+    target["batch_stats"] = {"backbone": shapes["batch_stats"]["backbone"]}
+  expected = {"format": checkpointing.FORMAT, "dataset.name": config.dataset.name,
+              "model": config.model.to_dict()}
   restored, step = restore.restore(
-      pretrain_workdir, target, mesh, config, source.num_train,
-      compare=("dataset.name", "model.backbone", "model.backbone_kwargs"),
-      step=step)
-  return {k: v["backbone"] for k, v in restored.items()}, step
+      pretrain_workdir, target, mesh, checkpointing.json_like(expected), step=step,
+      compare=("dataset.name", "model.backbone", "model.backbone_kwargs"))
+  variables = {"params": restored["params"]["model"]["backbone"]}
+  if "batch_stats" in restored:
+    variables["batch_stats"] = restored["batch_stats"]["backbone"]
+  return variables, step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, pretrain_workdir: str,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       pretrain_workdir: Optional[str],
                        stop_at_step: Optional[int] = None) -> Optional[dict[str, Any]]:
-  """Trains the probe on the checkpoint in `pretrain_workdir`, writing to `workdir`.
+  """Trains the probe on the checkpoint in `pretrain_workdir` (None: on the backbone of
+  `config.model.init_from`, published weights), writing to `workdir`.
 
-  Returns and writes `<workdir>/linear_eval_metrics.json`: held-out top-1/top-5,
-  the pretraining checkpoint and step it evaluated. With `stop_at_step`, stops
-  there with a checkpoint and returns None (a later call resumes).
+  Runs on the pretraining loop (`coke_jax.loop`: progress and ETA, NaN watch,
+  checkpoints of the probe's state, SIGTERM). Returns and writes
+  `<workdir>/linear_eval_metrics.json`: held-out top-1/top-5, the pretraining
+  checkpoint and step it evaluated. With `stop_at_step`, stops there with a
+  checkpoint and returns None (a later call resumes).
   """
   probe = config.linear_eval
   mesh = sharding.make_mesh()
   sharding.check_batch_divides(probe.batch_size, mesh, jax.process_count())
   source = sources.get_source(config.dataset)
-  backbone = models.build_model(config.model).backbone
-  variables, pretrain_step = restore_backbone(models.build_model(config.model), source, config,
-                                              mesh, pretrain_workdir, probe.pretrain_step)
+  model = models.build_model(config.model)
+  if pretrain_workdir is None:  # published weights: config.model.init_from
+    variables = jax.device_put(models.backbone_from_file(model, source.image_shape,
+                                                         config.model.init_from),
+                               sharding.replicated(mesh))
+    pretrain_step, evaluated = None, config.model.init_from
+  else:
+    variables, pretrain_step = restore_backbone(model, source, config, mesh, pretrain_workdir,
+                                                probe.pretrain_step)
+    evaluated = restore.checkpoint_dir(pretrain_workdir)
+  backbone = model.backbone
   source = sources.labeled_train(source)  # the probe trains on labeled images only
   frozen = feature_transform(backbone, variables, source, config, mesh)
   num_features = frozen["shift"].shape[-1]
@@ -214,61 +235,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, pretrain
     params = init_params(rng, num_features, source.num_classes)
     return ProbeState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-  state = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(config.seed))
-
-  meta = {"pretrain_checkpoint": restore.checkpoint_dir(pretrain_workdir),
-          "pretrain_step": pretrain_step}
-  manager = ocp.CheckpointManager(
-      restore.checkpoint_dir(workdir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-      item_names=("state", "meta"))
-  if manager.latest_step() is not None:
-    saved_meta = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
-    if saved_meta != meta:
-      raise errors.ConfigError(
-          f"{workdir} holds a linear probe of {saved_meta}, not of {meta}. Use another --workdir.")
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
-
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-  step_fn = sharding.shard_step(lambda c, b: probe_step(c, b, backbone=backbone, tx=tx), mesh)
+  meta = {"pretrain_checkpoint": evaluated, "pretrain_step": pretrain_step}
+  ckpt = checkpointing.Checkpointer(workdir, meta, keep=2, save_interval_steps=(
+      steps_per_epoch * probe.checkpoint_every_epochs))
+  state, _ = ckpt.restore_or(
+      jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(config.seed)))
+  writer = writers.create(workdir)
   pipe = pipeline_config(config)
-  step = int(state.step)
-  logging.info("Linear probe of %s (step %d): %d features -> %d classes, %d epochs of %d steps "
+  sharded = sharding.shard_step(
+      functools.partial(probe_step, backbone=backbone, tx=tx, schedule=schedule,
+                        augment=train.device_augmentation(pipe, source)), mesh, num_consts=1)
+  logging.info("Linear probe of %s (step %s): %d features -> %d classes, %d epochs of %d steps "
                "from step %d.", meta["pretrain_checkpoint"], pretrain_step, num_features,
-               source.num_classes, probe.num_epochs, steps_per_epoch, step)
-  carry = (state, frozen)  # donated to every step: read both back from `carry` only
-  end = total if stop_at_step is None else min(stop_at_step, total)
-  while step < end:
-    epoch, start = divmod(step, steps_per_epoch)
-    for host_batch in input_pipeline.train_batches(source, pipe, epoch, start,
-                                                   jax.process_index(), jax.process_count()):
-      carry, train_metrics = step_fn(carry, sharding.global_batch_from_host(
-          {k: host_batch[k] for k in ("images", "label", "weight")}, mesh))
-      step += 1
-      if step % probe.log_every_steps == 0 or step == total:
-        train_metrics = {f"linear_eval/train_{k}": float(v)
-                         for k, v in jax.device_get(train_metrics).items()}
-        train_metrics["linear_eval/learning_rate"] = float(schedule(step))
-        writer.write_scalars(step, train_metrics)
-      if step == end:
-        break
+               source.num_classes, probe.num_epochs, steps_per_epoch, int(state.step))
+
+  def end_epoch(state, step):
     done = step // steps_per_epoch
-    if (probe.eval_every_epochs and step % steps_per_epoch == 0 and step < total
-        and done % probe.eval_every_epochs == 0):
-      acc = heldout_accuracy(backbone, carry[1], carry[0].params, source, config, mesh)
+    if probe.eval_every_epochs and step < total and done % probe.eval_every_epochs == 0:
+      acc = heldout_accuracy(backbone, frozen, state.params, source, config, mesh)
       writer.write_scalars(step, {f"linear_eval/heldout_{k}": v for k, v in acc.items()})
       logging.info("linear probe epoch %d: held-out top-1 %.4f", done, acc["top1"])
-    if step % steps_per_epoch == 0 and done % probe.checkpoint_every_epochs == 0 or step == end:
-      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(carry[0]),
-                                                 meta=ocp.args.JsonSave(meta)))
-  manager.wait_until_finished()
-  if step < total:
+    return state
+
+  state = loop.run(
+      state, step_fn=lambda s, b, epoch: sharded(s, b, frozen), mesh=mesh, checkpointer=ckpt,
+      writer=writer,
+      batches=lambda start, end: (
+          {k: v for k, v in b.items() if k != "index"} for b in input_pipeline.train_stream(
+              source, pipe, start, end, jax.process_index(), jax.process_count())),
+      total_steps=total, steps_per_epoch=steps_per_epoch, global_batch=probe.batch_size,
+      log_every_steps=probe.log_every_steps, stop_at_step=stop_at_step, end_epoch=end_epoch,
+      prefix="linear_eval/train")
+  if int(state.step) < total:
     return None
-  acc = heldout_accuracy(backbone, carry[1], carry[0].params, source, config, mesh)
+  acc = heldout_accuracy(backbone, frozen, state.params, source, config, mesh)
   writer.write_scalars(total, {f"linear_eval/heldout_{k}": v for k, v in acc.items()})
   writer.flush()
   results = {**acc, **meta, "num_epochs": probe.num_epochs}

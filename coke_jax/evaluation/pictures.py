@@ -3,7 +3,8 @@
 - `exemplar_grid`: per head, the examples nearest to the centers of a fixed
   sample of clusters, one row per cluster (the supplementary's Figure 2).
 - `cluster_size_chart`: every cluster's size, largest first, against the lower
-  bound gamma_k = gamma' N / K of Eq. 5 (clusters under it in red).
+  bound gamma_k = gamma' N / K of Eq. 5 where the objective has one (clusters
+  under it in red).
 
 Both return uint8 RGB arrays; `write` sends them to TensorBoard and to
 `<workdir>/pictures/<name>_<tag>.png`.
@@ -36,20 +37,19 @@ def _to_display(image: np.ndarray, size: int) -> Image.Image:
   return tile.resize((size, size), resample)
 
 
-def exemplar_grid(images: np.ndarray, embeddings: np.ndarray, centers: np.ndarray,
-                  cluster_ids: np.ndarray, per_cluster: int = 8, tile: int = 32,
-                  pad: int = 2) -> np.ndarray:
-  """Rows: clusters `cluster_ids`; columns: the `per_cluster` examples most similar to its center.
+def exemplar_grid(images: np.ndarray, scores: np.ndarray, cluster_ids: np.ndarray,
+                  per_cluster: int = 8, tile: int = 32, pad: int = 2) -> np.ndarray:
+  """Rows: clusters `cluster_ids`; columns: the `per_cluster` examples scoring highest for it.
 
   Args:
     images: [N, H, W, C] the examples (any value range).
-    embeddings: [N, D] their unit-norm embeddings (the space the centers live in).
-    centers: [K, D] unit-norm centers.
-    cluster_ids: which clusters to show, in row order.
+    scores: [N, len(cluster_ids)] each example's score for each shown cluster (for
+      centers: the similarity, so the columns are the nearest examples).
+    cluster_ids: which clusters to show, in row order (their labels).
   Returns:
     uint8 [rows * (tile + pad) + pad, label + per_cluster * (tile + pad) + pad, 3].
   """
-  sims = np.asarray(embeddings, np.float32) @ np.asarray(centers, np.float32)[cluster_ids].T
+  sims = np.asarray(scores, np.float32)
   per_cluster = min(per_cluster, len(images))
   label_width = 36
   width = label_width + per_cluster * (tile + pad) + pad
@@ -71,9 +71,9 @@ def sample_clusters(num_clusters: int, num_shown: int, seed: int = 0) -> np.ndar
   return np.sort(np.random.default_rng(seed).choice(num_clusters, num_shown, replace=False))
 
 
-def cluster_size_chart(sizes: np.ndarray, bound: float, title: str, width: int = 480,
+def cluster_size_chart(sizes: np.ndarray, bound: Optional[float], title: str, width: int = 480,
                        height: int = 240) -> np.ndarray:
-  """Cluster sizes sorted largest first with the lower bound as a line, uint8 [H, W, 3].
+  """Cluster sizes sorted largest first, with the lower bound (if any) as a line, uint8 [H, W, 3].
 
   With more clusters than pixel columns each column shows the largest size of
   the clusters it covers (and is red if any of them is under the bound).
@@ -82,7 +82,7 @@ def cluster_size_chart(sizes: np.ndarray, bound: float, title: str, width: int =
   k = len(sizes)
   left, right, top, bottom = 44, 8, 30, 18
   plot_w, plot_h = width - left - right, height - top - bottom
-  y_max = max(float(sizes.max()), bound) * 1.05 or 1.0
+  y_max = max(float(sizes.max()), bound or 0.0) * 1.05 or 1.0
   y = lambda v: top + plot_h - v / y_max * plot_h
   canvas = Image.new("RGB", (width, height), _BACKGROUND)
   draw = ImageDraw.Draw(canvas)
@@ -93,20 +93,22 @@ def cluster_size_chart(sizes: np.ndarray, bound: float, title: str, width: int =
     group = sizes[edges[c]:max(edges[c + 1], edges[c] + 1)]
     x0 = left + c * bar_w
     x1 = x0 + max(bar_w - (1 if bar_w >= 3 else 0), 1)
-    draw.rectangle([x0, y(group.max()), x1 - 1, top + plot_h],
-                   fill=_UNDER if group.min() < bound else _BAR)
-  draw.line([left, y(bound), left + plot_w, y(bound)], fill=_TEXT, width=1)
-  label = f"bound {bound:.1f}"
-  box = draw.textbbox((left + plot_w - 6 * len(label) - 4, y(bound) - 13), label)
-  draw.rectangle(box, fill=_BACKGROUND)
-  draw.text(box[:2], label, fill=_TEXT)
+    under = bound is not None and group.min() < bound
+    draw.rectangle([x0, y(group.max()), x1 - 1, top + plot_h], fill=_UNDER if under else _BAR)
+  if bound is not None:
+    draw.line([left, y(bound), left + plot_w, y(bound)], fill=_TEXT, width=1)
+    label = f"bound {bound:.1f}"
+    box = draw.textbbox((left + plot_w - 6 * len(label) - 4, y(bound) - 13), label)
+    draw.rectangle(box, fill=_BACKGROUND)
+    draw.text(box[:2], label, fill=_TEXT)
   draw.line([left, top, left, top + plot_h], fill=_TEXT)
   draw.line([left, top + plot_h, left + plot_w, top + plot_h], fill=_TEXT)
   for value in (0.0, y_max / 1.05):
     draw.text((2, y(value) - 5), f"{value:.0f}", fill=_TEXT)
   draw.text((left, 2), title, fill=_TEXT)
-  draw.text((left, 14), f"min {sizes.min():.0f}  max {sizes.max():.0f}  "
-            f"{int(np.sum(sizes < bound))} of {k} under the bound", fill=_TEXT)
+  under_text = (f"  {int(np.sum(sizes < bound))} of {k} under the bound" if bound is not None
+                else f"  largest share {sizes.max() / max(sizes.sum(), 1):.1%}")
+  draw.text((left, 14), f"min {sizes.min():.0f}  max {sizes.max():.0f}{under_text}", fill=_TEXT)
   draw.text((left, height - 14), f"clusters, largest first (K = {k})", fill=_TEXT)
   return np.asarray(canvas)
 

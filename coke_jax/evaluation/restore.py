@@ -2,17 +2,16 @@
 
 Evaluation restores only what it needs from `<pretrain_workdir>/checkpoints`:
 the backbone's params and BatchNorm statistics for the linear probe, and
-additionally the heads and the clustering state for kNN/clustering. The
+additionally the heads and the objective's params and state for
+kNN/clustering. The
 optimizer state and everything else are never read. Arrays come back
 replicated on the evaluation's mesh, whatever the number of devices or hosts
 that wrote them (Orbax reshards on read). The checkpoint is opened read-only.
 """
 
-import os
 from typing import Any, Optional, Sequence
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
@@ -26,8 +25,7 @@ class MissingCheckpointError(FileNotFoundError):
 
 def checkpoint_dir(workdir: str) -> str:
   """`<workdir>/checkpoints`, absolute for local paths (Orbax needs it), as is for gs:// etc."""
-  workdir = workdir if "://" in workdir else os.path.abspath(workdir)
-  return os.path.join(workdir, "checkpoints")
+  return str(checkpointing.resolve(workdir) / "checkpoints")
 
 
 def _manager(pretrain_workdir: str) -> ocp.CheckpointManager:
@@ -42,40 +40,41 @@ def _manager(pretrain_workdir: str) -> ocp.CheckpointManager:
                      "meta": ocp.JsonCheckpointHandler()})
 
 
-def check_compatible(meta: dict[str, Any], config: ml_collections.ConfigDict, num_train: int,
-                     keys: Sequence[str], directory: str):
-  """Fails with the differing settings if the checkpoint's `meta` disagrees with `config` on `keys`.
+def check_compatible(meta: dict[str, Any], expected: dict[str, Any], keys: Sequence[str],
+                     directory: str):
+  """Fails with the differing settings if the checkpoint's `meta` disagrees with `expected`
+  (a `checkpointing.fingerprint`) on `keys`.
 
-  Keys are those of `checkpointing.fingerprint`, e.g. "model"; "model.backbone"
-  style sub-keys compare one entry of a section.
+  "model.backbone" style keys compare one entry of the "model" section.
   """
-  expected = checkpointing.fingerprint(config, num_train)
-  diffs = []
-  for key in keys:
-    section, _, entry = key.partition(".") if key.startswith("model.") else (key, "", "")
-    got, want = meta.get(section), expected.get(section)
-    if entry:
-      got, want = (got or {}).get(entry), (want or {}).get(entry)
-    if got != want:
-      diffs.append(f"{key}: checkpoint {got!r} vs config {want!r}")
+  def entry(tree, key):
+    section, _, name = key.partition(".") if key.startswith("model.") else (key, "", "")
+    value = tree.get(section)
+    return (value or {}).get(name) if name else value
+
+  if meta.get("format") != expected["format"]:
+    diffs = checkpointing.describe_differences(meta, expected, ["format"])
+  else:
+    diffs = "; ".join(f"{k}: checkpoint {entry(meta, k)!r} vs config {entry(expected, k)!r}"
+                      for k in keys if entry(meta, k) != entry(expected, k))
   if diffs:
     raise checkpointing.IncompatibleCheckpointError(
         f"The checkpoint in {directory} was written with other settings than the evaluation "
-        f"config ({'; '.join(diffs)}). Pass the pretraining run's config (and its --config.* "
-        "overrides) to the evaluation.")
+        f"config ({diffs}). Pass the pretraining run's config (and its --config.* overrides) "
+        "to the evaluation.")
 
 
-def restore(pretrain_workdir: str, target: dict[str, Any], mesh, config, num_train: int,
+def restore(pretrain_workdir: str, target: dict[str, Any], mesh, expected_meta: dict[str, Any],
             compare: Sequence[str], step: Optional[int] = None) -> tuple[dict[str, Any], int]:
   """Restores the entries of `target` from a pretraining checkpoint, replicated on `mesh`.
 
   Args:
     pretrain_workdir: the pretraining run's --workdir.
-    target: a sub-tree of the saved TrainState's fields, e.g. {"params": {"backbone": ...},
-      "batch_stats": {"backbone": ...}}, with arrays or jax.ShapeDtypeStructs as leaves;
-      only these leaves are read.
-    config, num_train: the evaluation's config and training-set size, checked against the
-      checkpoint's settings on the `compare` keys first.
+    target: a sub-tree of the saved TrainState's fields, e.g. {"params": {"model":
+      {"backbone": ...}}, "batch_stats": {"backbone": ...}}, with arrays or
+      jax.ShapeDtypeStructs as leaves; only these leaves are read.
+    expected_meta: the evaluation's `checkpointing.fingerprint`, checked against the
+      checkpoint's on the `compare` keys (and its format) first.
     step: the checkpoint step; None for the latest.
   Returns:
     (the restored tree, the step it came from).
@@ -87,7 +86,7 @@ def restore(pretrain_workdir: str, target: dict[str, Any], mesh, config, num_tra
         f"No checkpoint {'at all' if step is None else f'at step {step}'} in "
         f"{manager.directory}; it holds steps {list(manager.all_steps())}.")
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  check_compatible(meta, config, num_train, compare, str(manager.directory))
+  check_compatible(meta, expected_meta, compare, str(manager.directory))
   replicated = sharding.replicated(mesh)
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), target)

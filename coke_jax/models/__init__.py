@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 
 from coke_jax import errors
+from coke_jax import interop
 from coke_jax.models import batch_norm
 from coke_jax.models import resnet
 from coke_jax.models import vit
-from coke_jax.models.heads import MLPHead, SSLModel
+from coke_jax.models.heads import ACTIVATIONS, MLPHead, SSLModel
 from coke_jax.models.small_cnn import SmallCNN
 
 BACKBONES = {
@@ -50,11 +51,30 @@ def build_model(model_config, axis_name=None) -> SSLModel:
           "config.model.remat is only supported for resnet* and vit_s16 backbones.")
     kwargs["remat"] = True
   backbone = BACKBONES[name](axis_name=axis_name, dtype=dtype, **kwargs)
+  if model_config.proj_activation not in ACTIVATIONS:
+    raise errors.ConfigError(
+        f"config.model.proj_activation is {model_config.proj_activation!r}; use one of "
+        f"{sorted(ACTIVATIONS)}.")
   projector = MLPHead(hidden_dim=model_config.proj_hidden_dim, out_dim=model_config.embed_dim,
-                      num_layers=model_config.proj_layers, bn_on_output=True,
-                      axis_name=axis_name, dtype=dtype)
+                      num_layers=model_config.proj_layers,
+                      bn_on_output=model_config.proj_bn_on_output,
+                      activation=model_config.proj_activation, axis_name=axis_name, dtype=dtype)
   predictor = None
   if model_config.pred_hidden_dim:
     predictor = MLPHead(hidden_dim=model_config.pred_hidden_dim, out_dim=model_config.embed_dim,
                         num_layers=2, bn_on_output=False, axis_name=axis_name, dtype=dtype)
   return SSLModel(backbone=backbone, projector=projector, predictor=predictor)
+
+
+def abstract_variables(model: SSLModel, image_shape) -> dict:
+  """The shapes of the model's {"params", "batch_stats"}, without computing anything."""
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                jnp.zeros((2, *image_shape)), train=False))
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def backbone_from_file(model: SSLModel, image_shape, path: str) -> dict:
+  """The backbone's {"params", "batch_stats"} (numpy) from a torchvision-layout file."""
+  shapes = abstract_variables(model, image_shape)
+  target = {k: v["backbone"] for k, v in shapes.items() if "backbone" in v}
+  return interop.load_backbone(path, target)

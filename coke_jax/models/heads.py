@@ -10,12 +10,18 @@ from coke_jax import clustering
 from coke_jax.models.batch_norm import BN_MOMENTUM
 
 
+# The hidden layers' nonlinearity: ReLU (CoKe, SwAV) or leaky ReLU with torch's default
+# slope 0.01 (Self-Classifier, seed Sec. 7.2).
+ACTIVATIONS = {"relu": nn.relu, "leaky_relu": nn.leaky_relu}
+
+
 class MLPHead(nn.Module):
-  """Linear-BN-ReLU blocks then a linear output (BN on it as in the official projection head)."""
+  """Linear-BN-activation blocks then a linear output (BN on it as in CoKe's official head)."""
   hidden_dim: int
   out_dim: int
   num_layers: int = 2
   bn_on_output: bool = True
+  activation: str = "relu"
   axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
 
@@ -25,7 +31,7 @@ class MLPHead(nn.Module):
                                 axis_name=self.axis_name, dtype=self.dtype)
     dense = lambda width: nn.Dense(width, dtype=self.dtype)
     for _ in range(self.num_layers - 1):
-      x = nn.relu(norm()(dense(self.hidden_dim)(x)))
+      x = ACTIVATIONS[self.activation](norm()(dense(self.hidden_dim)(x)))
     x = dense(self.out_dim)(x)
     return norm()(x) if self.bn_on_output else x
 

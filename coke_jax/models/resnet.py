@@ -23,9 +23,8 @@ import jax.numpy as jnp
 from coke_jax.models.batch_norm import BN_MOMENTUM
 
 BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default
-# Which function the ResNets compute, for checkpoint fingerprints: 1 padded with XLA's "SAME"
-# (before 2026-12-02), 2 is torchvision's. A checkpoint of 1 holds weights of another function.
-FUNCTION_VERSION = 2
+# Checkpoints of the ResNets before they padded as torchvision does (XLA's "SAME", until
+# 2026-12-02) hold weights of another function: checkpointing.FORMAT 2 refuses them.
 
 
 def _padding(kernel_size: int):

@@ -1,37 +1,49 @@
-"""Training objectives. Each owns its state, its loss and its per-step update.
+"""Training objectives, each a plug-in on the interface of `base.Objective`.
 
-An objective is a frozen dataclass with:
-  init(rng) -> state
-  loss(state, outputs, index, epoch) -> (per-example loss [b], per-example metrics)
-  update(state, embeddings [V, B, D], index [B], weight [B], epoch) -> (state, metrics)
-  end_epoch(state, epoch) -> (state, metrics)
-  predict(state, embeddings [B, D]) -> cluster per head [H, B]
-`loss` runs on one device's examples; `update` on the whole global batch.
-`outputs` holds `proj` and optionally `pred` [V, b, D] for the V large views,
-and `proj_small`/`pred_small` [S, b, D] for multi-crop's small crops. `epoch`
-is a traced int32 scalar (0 is the initialization scan).
+One module per objective; each has `default_config()`, its `config.objective`
+section (every key with its default and `name`), and `build(config,
+num_examples)`, the objective built from it. Adding an objective is a new
+module here and an entry in `_MODULES`; the trainer, checkpoints and
+evaluation need no change.
 """
 
-from coke_jax import clustering
+from ml_collections import config_dict
+
 from coke_jax import errors
+from coke_jax.objectives import c2bin
+from coke_jax.objectives import coke
+from coke_jax.objectives import local_aggregation
+from coke_jax.objectives import self_classifier
+from coke_jax.objectives import swav
+from coke_jax.objectives.base import EvalHead, Objective, StepContext
 from coke_jax.objectives.coke import CoKe
 
+_MODULES = {"coke": coke, "swav": swav, "self_classifier": self_classifier, "c2bin": c2bin,
+            "local_aggregation": local_aggregation}
+NAMES = tuple(_MODULES)
 
-def build_objective(config, num_examples: int):
-  obj = config.objective
-  if obj.name == "coke":
-    dual_lr = tuple(float(eta) for eta in obj.dual_lrs) or obj.dual_lr
-    if dual_lr is None:  # the rule of clustering.default_dual_lr, per head, over the whole run
-      dual_lr = tuple(clustering.default_dual_lr(k, config.global_batch_size,
-                                                 num_examples * (config.num_epochs + 1))
-                      for k in obj.num_clusters)
-    return CoKe(num_clusters=tuple(obj.num_clusters), num_examples=num_examples,
-                embed_dim=config.model.embed_dim, temperature=obj.temperature,
-                min_size_ratio=obj.min_size_ratio, dual_lr=dual_lr,
-                dual_l1_radius=obj.dual_l1_radius, alpha=obj.alpha, beta=obj.beta,
-                min_size_ratios=tuple(tuple(r) for r in obj.min_size_ratios),
-                center_update=obj.center_update, average_after_epoch=obj.average_after_epoch,
-                avg_label_size=obj.avg_label_size,
-                avg_label_temperature=obj.avg_label_temperature,
-                multicrop_beta=obj.multicrop_beta)
-  raise errors.ConfigError(f"config.objective.name is {obj.name!r}; known objectives: ['coke'].")
+
+def _module(name: str):
+  if name not in _MODULES:
+    raise errors.ConfigError(
+        f"The objective {name!r} does not exist; known objectives: {sorted(_MODULES)}. Name "
+        "it in the config file's argument, e.g. --config=configs/digits.py:swav.")
+  return _MODULES[name]
+
+
+def default_config(name: str) -> config_dict.ConfigDict:
+  """The `config.objective` section of objective `name`, with every key and its default."""
+  return _module(name).default_config()
+
+
+def build(config, num_examples: int) -> Objective:
+  """The objective of `config.objective`, for a training set of `num_examples`."""
+  name = config.objective.name
+  expected = set(default_config(name))
+  if set(config.objective) != expected:
+    raise errors.ConfigError(
+        f"config.objective.name is {name!r}, but config.objective holds the settings of "
+        f"another objective (keys {sorted(set(config.objective) ^ expected)} differ). The "
+        "config file builds the objective's section: choose the objective by the config "
+        "file's argument, e.g. --config=configs/digits.py:swav, not by --config.objective.name.")
+  return _module(name).build(config, num_examples)

@@ -4,12 +4,18 @@ The math lives in `coke_jax.clustering`; this file only says which quantities
 the trainer keeps (one `HeadState` per clustering head, Sec. 4.1.3) and in which
 order Alg. 1 and Alg. 2 use them:
 
+  scan   epoch 0 is the initialization scan of Sec. 3.3 (`scan_epochs = 1`):
+         forward passes collect labels and centers, no gradient step is taken
   loss   against the previous epoch's labels and centers   (Eq. 12, Alg. 2;
          Eq. 14 with averaged labels in the second stage; multi-crop)
   update assignment (Eq. 8/15) -> duals (Eq. 9) -> centers (Eq. 11, or the
-         sums of Eq. 10), on the global batch, identically on every device
+         sums of Eq. 10), on the gathered global batch, identically on every device
   end of epoch: the epoch's labels and centers become the previous ones
          (averaged with the earlier ones in the second stage, Eq. 13).
+
+CoKe has no learnable parameters of its own: the centers are running means,
+not trained. Epochs are counted with the scan as epoch 0, so `average_after_epoch`
+(T') and the `epoch` arguments below are data epochs.
 """
 
 import dataclasses
@@ -17,10 +23,13 @@ from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+from ml_collections import config_dict
 import numpy as np
 
 from coke_jax import clustering
 from coke_jax import errors
+from coke_jax import sharding
+from coke_jax.objectives import base
 
 
 class HeadState(NamedTuple):
@@ -38,7 +47,7 @@ class HeadState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class CoKe:
+class CoKe(base.Objective):
   """Static settings of the objective (from `config.objective`); holds no arrays."""
   num_clusters: tuple[int, ...]
   num_examples: int
@@ -56,6 +65,8 @@ class CoKe:
   avg_label_size: int = 5       # non-zero entries kept per averaged label (supp. 2.2.2)
   avg_label_temperature: float = 0.5  # lambda' of the averaged label's softmax (supp. 2.2.2)
   multicrop_beta: float = 0.5   # weight of the large views against the small crops
+
+  scan_epochs = 1  # the initialization scan of Sec. 3.3
 
   def __post_init__(self):
     for k in self.num_clusters:
@@ -101,11 +112,6 @@ class CoKe:
     ratio = self.min_size_ratios[head] if self.min_size_ratios else self.min_size_ratio
     return clustering.min_size_fractions(self.num_clusters[head], ratio)
 
-  def min_size_frac(self, k: int) -> float:
-    """gamma / N = gamma' / K of the first head with K clusters (its smallest bound when the
-    bounds differ per cluster; `min_size_fracs` has them all)."""
-    return float(np.min(self.min_size_fracs(self.num_clusters.index(k))))
-
   def head_dual_lr(self, head: int) -> float:
     return self.dual_lr[head] if isinstance(self.dual_lr, tuple) else self.dual_lr
 
@@ -113,8 +119,10 @@ class CoKe:
   def averaging(self) -> bool:
     return self.average_after_epoch is not None
 
-  def init(self, rng: jax.Array) -> tuple[HeadState, ...]:
-    """Random unit-norm centers as in Alg. 1; labels are filled by the epoch-0 scan."""
+  def init(self, rng: jax.Array, model_variables=None, output_shapes=None
+           ) -> tuple[dict, tuple[HeadState, ...]]:
+    """No parameters; random unit-norm centers as in Alg. 1 (labels come from the scan)."""
+    del model_variables, output_shapes
     heads = []
     for k, key in zip(self.num_clusters, jax.random.split(rng, len(self.num_clusters))):
       centers = clustering.l2_normalize(jax.random.normal(key, (k, self.embed_dim), jnp.float32))
@@ -128,7 +136,7 @@ class CoKe:
           prev_labels=jnp.zeros((self.num_examples,), jnp.int32),
           labels=jnp.zeros((self.num_examples,), jnp.int32),
           prev_centers=centers, **online._asdict(), **avg))
-    return tuple(heads)
+    return {}, tuple(heads)
 
   def _label_dist(self, head: HeadState, k: int, index: jax.Array) -> jax.Array:
     """y^{t-1} of the examples `index` as a distribution [b, K]: one-hot (Eq. 12) or the
@@ -138,9 +146,18 @@ class CoKe:
     return clustering.sparse_soft_labels(head.avg_label_ids[index], head.avg_label_weights[index],
                                          k, self.avg_label_temperature)
 
-  def loss(self, heads: tuple[HeadState, ...], outputs: dict[str, jax.Array],
-           index: jax.Array, epoch: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Per-example loss and metrics [b] on this device's examples, averaged over heads and views.
+  def loss(self, params, heads, outputs, batch, ctx):
+    """The global mean of `per_example_loss` over the real rows, and the label agreement."""
+    del params, ctx
+    per_example, agreement = self.per_example_loss(heads, outputs, batch["index"])
+    weight = batch["weight"]
+    return sharding.batch_mean(per_example, weight), (
+        heads, {"label_agreement": sharding.batch_mean(agreement, weight)})
+
+  def per_example_loss(self, heads: tuple[HeadState, ...], outputs: dict[str, jax.Array],
+                       index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Loss [b] on this device's examples, averaged over heads and views, and whether the
+    first view's nearest previous center is the example's previous label [b].
 
     `outputs['proj']` [V, b, D] and optionally `outputs['pred']` [V, b, D] are
     unit-norm. With V >= 2 each view's target mixes the label with the mean
@@ -152,7 +169,6 @@ class CoKe:
     * small, as in the official multi-view code; small crops never enter the
     assignment.
     """
-    del epoch  # the state already holds what this epoch's loss needs
     proj, pred = outputs["proj"], outputs.get("pred")
     proj_small, pred_small = outputs.get("proj_small"), outputs.get("pred_small")
     num_views = proj.shape[0]
@@ -191,7 +207,7 @@ class CoKe:
       per_example = per_example + head_loss / len(heads)
       agreement = agreement + (
           jnp.argmax(proj_logits[0], -1) == head.prev_labels[index]) / len(heads)
-    return per_example, {"label_agreement": agreement}
+    return per_example, agreement
 
   def _batch_centers(self, epoch: jax.Array) -> jax.Array:
     """Eq. 11 (per mini-batch) or Eq. 10 (per epoch, always so in the second stage)."""
@@ -200,9 +216,16 @@ class CoKe:
       per_batch = per_batch & (epoch <= self.average_after_epoch)
     return per_batch
 
-  def update(self, heads: tuple[HeadState, ...], embeddings: jax.Array, index: jax.Array,
-             weight: jax.Array, epoch: jax.Array
-             ) -> tuple[tuple[HeadState, ...], dict[str, jax.Array]]:
+  def update(self, params, heads, outputs, batch, ctx):
+    """Alg. 1 on the gathered global batch, the same on every device (`update_global`)."""
+    heads, metrics = self.update_global(
+        heads, sharding.gather(outputs["proj"], axis=1), sharding.gather(batch["index"]),
+        sharding.gather(batch["weight"]), ctx.epoch)
+    return params, heads, metrics
+
+  def update_global(self, heads: tuple[HeadState, ...], embeddings: jax.Array,
+                    index: jax.Array, weight: jax.Array, epoch: jax.Array
+                    ) -> tuple[tuple[HeadState, ...], dict[str, jax.Array]]:
     """One step of Alg. 1 on the global batch: assign (Eq. 8/15), duals (Eq. 9), centers.
 
     Args:
@@ -227,10 +250,11 @@ class CoKe:
       metrics[f"dual_max/k{k}_{h}"] = jnp.max(online.dual)
     return tuple(new_heads), metrics
 
-  def end_epoch(self, heads: tuple[HeadState, ...], epoch: jax.Array
+  def end_epoch(self, params, heads: tuple[HeadState, ...], epoch: jax.Array, rng=None
                 ) -> tuple[tuple[HeadState, ...], dict[str, Any]]:
     """Epoch t ends: y^t, C^t become the loss's targets and classifier for t + 1 (Alg. 1);
     from T' on they are averaged into y_hat^t, C_hat^t (Eq. 13). Sums restart."""
+    del params, rng
     factor = clustering.average_factor(epoch, self.average_after_epoch)
     new_heads, metrics = [], {}
     for h, (head, k) in enumerate(zip(heads, self.num_clusters)):
@@ -250,7 +274,56 @@ class CoKe:
                                      **online._asdict(), **avg))
     return tuple(new_heads), metrics
 
-  def predict(self, heads: tuple[HeadState, ...], embeddings: jax.Array) -> jax.Array:
-    """Cluster of each (held-out) embedding per head: nearest final center, [H, B]."""
-    return jnp.stack([jnp.argmax(clustering.similarities(embeddings, head.prev_centers), -1)
-                      for head in heads])
+  def eval_heads(self, params, heads: tuple[HeadState, ...]) -> list[base.EvalHead]:
+    """Per head: nearest final center C^{t-1} (no duals), the last epoch's labels y^{t-1} and
+    the bound gamma = gamma' N / K (its smallest when the bounds differ per cluster)."""
+    del params
+    return [base.linear_head(base.head_name(k, h), "proj", head.prev_centers,
+                             train_labels=np.asarray(head.prev_labels),
+                             size_bound=float(np.min(self.min_size_fracs(h))) * self.num_examples)
+            for h, (head, k) in enumerate(zip(heads, self.num_clusters))]
+
+  def fingerprint(self) -> dict[str, Any]:
+    return {"num_clusters": list(self.num_clusters), "embed_dim": self.embed_dim,
+            "average_after_epoch": self.average_after_epoch,
+            "avg_label_size": self.avg_label_size}
+
+
+def default_config() -> config_dict.ConfigDict:
+  """`config.objective` for CoKe: every key with its default (the paper's ImageNet values)."""
+  c = config_dict.ConfigDict()
+  c.name = "coke"
+  c.num_clusters = (3000, 4000, 5000)  # one head per K (Sec. 4.1.3)
+  c.temperature = 0.1        # lambda of Eq. 12
+  c.min_size_ratio = 0.4     # gamma' (Table 1)
+  c.min_size_ratios = ()     # per-cluster gamma'_k (Eq. 5): a K-tuple per head; (): above
+  # eta of Eq. 9 (Sec. 4); None: clustering.default_dual_lr per head (K, batch, N x epochs)
+  c.dual_lr = config_dict.FieldReference(20.0, field_type=float)
+  c.dual_lrs = ()            # one eta per head (K grows: eta grows); (): dual_lr above
+  c.dual_l1_radius = config_dict.placeholder(float)  # tau of Eq. 9; None: max(0, .)
+  c.alpha = 0.2              # one-hot weight of the two-view soft label (supp. Table 3)
+  c.beta = 0.5               # prediction-head loss weight (supp. Table 4)
+  c.center_update = "batch"  # batch: Eq. 11 each mini-batch | epoch: Eq. 10 once an epoch
+  c.average_after_epoch = config_dict.placeholder(int)  # T' of Eq. 13; None: one stage
+  c.avg_label_size = 5       # non-zero entries of an averaged label (supp. 2.2.2)
+  c.avg_label_temperature = 0.5  # lambda' of the averaged label's softmax (supp. 2.2.2)
+  c.multicrop_beta = 0.5     # large views vs small crops (official main_multi_view.py)
+  return c
+
+
+def build(config, num_examples: int) -> CoKe:
+  obj = config.objective
+  dual_lr = tuple(float(eta) for eta in obj.dual_lrs) or obj.dual_lr
+  if dual_lr is None:  # the rule of clustering.default_dual_lr, per head, over the whole run
+    dual_lr = tuple(clustering.default_dual_lr(k, config.global_batch_size,
+                                               num_examples * (config.num_epochs + 1))
+                    for k in obj.num_clusters)
+  return CoKe(num_clusters=tuple(obj.num_clusters), num_examples=num_examples,
+              embed_dim=config.model.embed_dim, temperature=obj.temperature,
+              min_size_ratio=obj.min_size_ratio, dual_lr=dual_lr,
+              dual_l1_radius=obj.dual_l1_radius, alpha=obj.alpha, beta=obj.beta,
+              min_size_ratios=tuple(tuple(r) for r in obj.min_size_ratios),
+              center_update=obj.center_update, average_after_epoch=obj.average_after_epoch,
+              avg_label_size=obj.avg_label_size,
+              avg_label_temperature=obj.avg_label_temperature,
+              multicrop_beta=obj.multicrop_beta)
