@@ -1,4 +1,4 @@
-"""Times the CoKe train step: per backbone, against fixed targets, and against the label-table size.
+"""Times the train step: per backbone, per objective, against fixed targets, and the label tables.
 
   python -m benchmarks.train_step_benchmark --backbones=small_cnn,resnet18 --batch_size=128
 
@@ -9,7 +9,7 @@ candidates for Fashion-MNIST (28x28 grayscale):
   python -m benchmarks.train_step_benchmark --image_size=28 --channels=1 --tables=1 \
       --backbones=small_cnn:widths=16-32-64,resnet18:width=32 --batch_size=128
 
-Prints three tables
+Prints four tables
 (--tables picks some):
   1. per backbone at its resolution and per number of views (--num_views):
      compile time, median step time, examples/s and views/s (and the fraction
@@ -19,8 +19,15 @@ Prints three tables
      whose objective keeps its targets fixed (no assignment, duals, centers or
      label writes), at K = --clusters and D = 128;
   3. the step with a label table of 10,000 against one of 10,000,000 examples
-     (the tables are donated and updated in place, so this should not matter).
+     (the tables are donated and updated in place, so this should not matter);
+  4. the step of each objective of --objectives (name:views or name:views+small,
+     default CoKe with 1 view, SwAV with 2 and with 2 + 6 crops, the paper's Table 6
+     comparison) in its ImageNet config on --objective_backbone, with the ratio
+     of CoKe's first row to each; Table 6 reports 11.1 / 20.8 = 0.53 minutes per
+     ImageNet epoch (CoKe single view / SwAV, 8 V100s).
 Tables 2 and 3 use --overhead_backbone with the last of --num_views.
+
+  python -m benchmarks.train_step_benchmark --tables=4 --batch_size=32 --steps=3
 
 Batches are synthetic (random images and ids) and stay on the device: this
 measures the step, not the input pipeline (see input_pipeline_benchmark.py).
@@ -43,6 +50,8 @@ from coke_jax import sharding
 from coke_jax import train
 from configs import coke_single_view
 from configs import coke_two_view
+from configs import self_classifier_imagenet
+from configs import swav_imagenet
 
 _BACKBONES = flags.DEFINE_list("backbones", ["small_cnn", "resnet18", "resnet50"],
                                "Backbones for table 1.")
@@ -59,6 +68,10 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Side of the input images fo
                                    "(28 for Fashion-MNIST); 0: each backbone's own.")
 _CHANNELS = flags.DEFINE_integer("channels", 0, "Channels of the input images for every "
                                  "backbone (1: grayscale); 0: each backbone's own.")
+_OBJECTIVES = flags.DEFINE_list(
+    "objectives", ["coke:1", "swav:2", "swav:2+6"], "Table 4: objective:views[+small views].")
+_OBJECTIVE_BACKBONE = flags.DEFINE_string("objective_backbone", "resnet50",
+                                          "Backbone for table 4.")
 _CPU_TIME = flags.DEFINE_bool("cpu_time", False, "Table 1 adds the median process CPU time per "
                               "step, all threads: steadier than wall-clock on a shared host.")
 
@@ -72,8 +85,8 @@ _RESOLUTION = {"small_cnn": (8, 1, {}), "resnet18": (32, 3, {"cifar_stem": True}
 class FixedTargets(objectives.CoKe):
   """CoKe whose clustering update does nothing: the step's cost without the clustering."""
 
-  def update(self, heads, embeddings, index, weight, epoch):
-    return heads, {}
+  def update(self, params, heads, outputs, batch, ctx):
+    return params, heads, {}
 
 
 def parse_backbone(spec: str) -> tuple[str, dict]:
@@ -105,10 +118,21 @@ def parse_backbone(spec: str) -> tuple[str, dict]:
   return name, kwargs
 
 
-def _config(backbone: str, num_clusters, num_views: int):
-  """The paper's ImageNet config for this many views (Table 5 or 7) on `backbone` (a spec of
+def _config(backbone: str, num_clusters, num_views: int, objective: str = "coke",
+            num_small_views: int = 0):
+  """The objective's ImageNet config for this many views (CoKe: Table 5 or 7; SwAV:
+  swav_imagenet.py; Self-Classifier: its Sec. 7) on `backbone` (a spec of
   `parse_backbone`), at the backbone's resolution unless --image_size/--channels set it."""
-  config = (coke_single_view if num_views == 1 else coke_two_view).get_config()
+  if objective == "coke":
+    config = (coke_single_view if num_views == 1 else coke_two_view).get_config()
+    config.objective.num_clusters = tuple(num_clusters)
+  elif objective == "swav":
+    config = swav_imagenet.get_config("multicrop" if num_small_views else None)
+  elif objective == "self_classifier":
+    config = self_classifier_imagenet.get_config()
+    config.objective.column_group_size = 0  # the benchmark's batch, whatever it is
+  else:
+    raise app.UsageError(f"Unknown objective {objective!r}; known: {list(objectives.NAMES)}.")
   backbone, overrides = parse_backbone(backbone)
   size, channels, kwargs = _RESOLUTION[backbone]
   size, channels = _IMAGE_SIZE.value or size, _CHANNELS.value or channels
@@ -118,8 +142,8 @@ def _config(backbone: str, num_clusters, num_views: int):
   if backbone == "small_cnn":
     config.model.proj_hidden_dim = 256
     config.model.pred_hidden_dim = min(config.model.pred_hidden_dim, 256)
-  config.objective.num_clusters = tuple(num_clusters)
   config.num_views = num_views
+  config.num_small_views = num_small_views
   config.global_batch_size = _BATCH.value
   return config, (size, size, channels)
 
@@ -127,21 +151,26 @@ def _config(backbone: str, num_clusters, num_views: int):
 def _build_step(config, image_shape, num_examples: int, objective_cls, mesh):
   """The jitted learning step on `mesh`, a fresh state and a synthetic global batch."""
   model = models.build_model(config.model, axis_name=sharding.DATA_AXIS)
-  obj = objectives.build_objective(config, num_examples)
-  objective = objective_cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
-  tx, _ = train.make_optimizer(config, steps_per_epoch=1000)
+  objective = objectives.build(config, num_examples)
+  if objective_cls is not None:
+    objective = objective_cls(**{f.name: getattr(objective, f.name)
+                                 for f in dataclasses.fields(objective)})
+  tx, schedule = train.make_optimizer(config, steps_per_epoch=1000)
   step = sharding.shard_step(
       lambda s, b: train.train_step(s, b, model=model, objective=objective, tx=tx,
-                                    steps_per_epoch=1000, learn=True), mesh)
+                                    schedule=schedule, steps_per_epoch=1000, learn=True), mesh)
   state = train.create_train_state(config, model, objective, tx, image_shape, mesh)
   state = state.replace(step=jnp.asarray(1000, jnp.int32))  # a learning epoch
   b = config.global_batch_size
   rng = np.random.default_rng(0)
-  batch = sharding.global_batch_from_host({
-      "images": rng.uniform(size=(b, config.num_views, *image_shape)).astype(np.float32),
-      "index": rng.choice(num_examples, b, replace=False).astype(np.int32),
-      "weight": np.ones(b, np.float32)}, mesh)
-  return step, state, batch
+  host = {"images": rng.uniform(size=(b, config.num_views, *image_shape)).astype(np.float32),
+          "index": rng.choice(num_examples, b, replace=False).astype(np.int32),
+          "weight": np.ones(b, np.float32)}
+  if config.num_small_views:
+    small = config.augment.small_image_size * image_shape[0] // 224
+    host["small_images"] = rng.uniform(
+        size=(b, config.num_small_views, small, small, image_shape[-1])).astype(np.float32)
+  return step, state, sharding.global_batch_from_host(host, mesh)
 
 
 def _flops(lowered) -> float:
@@ -160,7 +189,7 @@ def flops_on_cpu(config, image_shape, num_examples: int, objective_cls) -> float
     return _flops(step.lower(state, batch))
 
 
-def time_step(config, image_shape, num_examples: int, objective_cls=objectives.CoKe,
+def time_step(config, image_shape, num_examples: int, objective_cls=None,
               count_flops: bool = True):
   """(compile seconds, median step seconds, FLOPs per device-step, median process CPU seconds
   per step over all threads) of the learning step."""
@@ -238,6 +267,23 @@ def main(argv):
       _, step_s, _, _ = time_step(config, shape, n, count_flops=False)
       table_mb = 2 * len(clusters) * n * 4 / 2**20
       print(f"| {n:,} | {table_mb:,.0f} | {step_s * 1e3:.1f} |", flush=True)
+
+
+  if "4" in _TABLES.value:
+    print(f"\nObjectives ({_OBJECTIVE_BACKBONE.value}, batch {_BATCH.value}, their ImageNet "
+          "configs); CoKe's Table 6: 11.1 / 20.8 = 0.53 min per epoch (CoKe 1 view / SwAV)")
+    print("| objective | views | step ms | images/s | first row / this |")
+    print("| --- | --- | --- | --- | --- |")
+    first = None
+    for spec in _OBJECTIVES.value:
+      name, _, views = spec.partition(":")
+      large, _, small = (views or "2").partition("+")
+      config, shape = _config(_OBJECTIVE_BACKBONE.value, clusters, int(large), name,
+                              int(small or 0))
+      _, step_s, _, _ = time_step(config, shape, 1_281_167, count_flops=False)
+      first = first or step_s
+      print(f"| {name} | {views} | {step_s * 1e3:,.0f} | {_BATCH.value / step_s:,.1f} | "
+            f"{first / step_s:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
