@@ -63,15 +63,22 @@ def main():
                       help="evaluate on a validation split of the training images (tuning)")
   parser.add_argument("--parallel", action="store_true",
                       help="run the seeds at the same time (wall times then include contention)")
+  parser.add_argument("--reuse", action="store_true",
+                      help="skip the pretraining of workdirs that hold final_metrics.json "
+                           "(e.g. runs started by an interrupted call; their times print as nan)")
   parser.add_argument("extra", nargs="*", help="more main.py flags, after --")
   args = parser.parse_args()
   os.makedirs(args.workdir, exist_ok=True)
   extra = args.extra + (["--config.dataset.validation_fraction=0.2"] if args.validation else [])
   runs = [(o, seed, os.path.join(args.workdir, f"{o}_seed{seed}"))
           for o in args.objectives for seed in args.seeds]
-  pretrain = _run_all([([f"--config=configs/digits.py:{o}", f"--workdir={d}",
-                         f"--config.seed={seed}", *extra], d + ".log")
-                       for o, seed, d in runs], args.parallel)
+  finished = {d for _, _, d in runs
+              if args.reuse and os.path.exists(os.path.join(d, "final_metrics.json"))}
+  done = lambda d: d in finished
+  times = iter(_run_all([([f"--config=configs/digits.py:{o}", f"--workdir={d}",
+                           f"--config.seed={seed}", *extra], d + ".log")
+                         for o, seed, d in runs if not done(d)], args.parallel))
+  pretrain = [(float("nan"),) * 2 if done(d) else next(times) for _, _, d in runs]
   linear = [(0.0, 0.0)] * len(runs)
   if not args.validation:
     linear = _run_all([(["--mode=linear_eval", f"--config=configs/linear_eval_digits.py:{o}",
