@@ -10,6 +10,11 @@ differences instead of loading or overwriting. The state is restored into the
 shardings of the running job, so a checkpoint written on 8 devices resumes on
 1 or 4 (the state is replicated; only its placement changes).
 
+A checkpoint that does not restore (files truncated, corrupted or missing) is
+moved aside to `<workdir>/damaged_checkpoints/<step>` (never deleted; outside
+the folder Orbax lists steps in, so it is not tried again nor counted among the
+kept ones) with one warning, and the next older one is tried.
+
 Preemption: TPU and SLURM send SIGTERM before they stop a job. `PreemptionWatch`
 tells the trainer the step at which every process stops; it then saves and
 raises `Preempted`, and main.py exits with status 75.
@@ -77,6 +82,17 @@ class IncompatibleCheckpointError(errors.ConfigError):
   """The workdir holds a checkpoint written by a run with other settings."""
 
 
+class DamagedCheckpointError(errors.ConfigError):
+  """Every checkpoint in the workdir failed to restore (each was moved aside, not deleted)."""
+
+
+def short_error(e: Exception) -> str:
+  """An Orbax/TensorStore error as one line: its type and the first line of its message."""
+  lines = str(e).strip().splitlines()
+  first = lines[0] if lines else ""
+  return f"{type(e).__name__}: {first[:300]}"
+
+
 class Preempted(Exception):
   """The job was asked to stop (SIGTERM); the state at `step` is saved."""
 
@@ -108,6 +124,7 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              save_decision_policy=policy),
         item_names=("state", "meta", "monitor"))
+    self.damaged = []  # (step, where it was moved, the error), in the order found
     self._check_compatible()
 
   @classmethod
@@ -116,15 +133,46 @@ class Checkpointer:
                config.checkpoint_every_steps)
 
   def _check_compatible(self):
-    step = self.manager.latest_step()
-    if step is None:
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        meta = self.manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+        self._move_aside(step, e)
+        continue
+      if meta != self.meta:
+        raise IncompatibleCheckpointError(
+            f"{self.directory} holds a checkpoint (step {step}) from a run with other settings: "
+            f"{describe_differences(meta, self.meta)}. It was neither loaded nor overwritten. "
+            "Use another --workdir, or restore the original settings to resume it.")
       return
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if meta != self.meta:
-      raise IncompatibleCheckpointError(
-          f"{self.directory} holds a checkpoint (step {step}) from a run with other settings: "
-          f"{describe_differences(meta, self.meta)}. It was neither loaded nor overwritten. Use "
-          "another --workdir, or restore the original settings to resume it.")
+    self._raise_if_all_damaged()
+
+  def _move_aside(self, step: int, error: Exception):
+    """Renames checkpoint `step`, which failed to restore, to damaged_checkpoints/<step>[-n]
+    (process 0; the others wait for it) and warns; the manager then no longer lists it."""
+    aside = self.directory.parent / "damaged_checkpoints"
+    target, n = aside / str(step), 1
+    while target.exists():
+      target, n = aside / f"{step}-{n}", n + 1
+    logging.warning("Checkpoint %s/%d is damaged (%s); moved it to %s and trying the next older "
+                    "one.", self.directory, step, short_error(error), target)
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"coke_jax: moved damaged checkpoint {step} aside")
+    self.manager.reload()
+    self.damaged.append((step, str(target), short_error(error)))
+
+  def _raise_if_all_damaged(self):
+    if self.damaged:
+      raise DamagedCheckpointError(
+          f"No intact checkpoint in {self.directory}: every one failed to restore and was moved "
+          f"to {self.directory.parent / 'damaged_checkpoints'} (steps "
+          f"{[step for step, _, _ in self.damaged]}; first error: {self.damaged[0][2]}). Run the "
+          "same command again to start from step 0, or copy intact checkpoints back into "
+          f"{self.directory} to resume from them.")
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -133,20 +181,25 @@ class Checkpointer:
     return self.manager.should_save(step)
 
   def restore_or(self, state) -> tuple[Any, dict]:
-    """(the latest checkpoint restored into `state`'s structure and shardings, the diagnostics
-    saved with it), or (`state`, {}) when there is none."""
-    step = self.manager.latest_step()
-    if step is None:
-      return state, {}
+    """(the newest intact checkpoint restored into `state`'s structure and shardings, the
+    diagnostics saved with it), or (`state`, {}) when there is none; damaged ones are moved
+    aside (`DamagedCheckpointError` if that leaves none)."""
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    logging.info("Restored checkpoint %s/%d.", self.directory, step)
-    monitor = {}
-    if (self.directory / str(step) / "monitor").exists():
-      monitor = self.manager.restore(
-          step, args=ocp.args.Composite(monitor=ocp.args.JsonRestore()))["monitor"]
-    return restored, monitor
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+        monitor = {}
+        if (self.directory / str(step) / "monitor").exists():
+          monitor = self.manager.restore(
+              step, args=ocp.args.Composite(monitor=ocp.args.JsonRestore()))["monitor"]
+      except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+        self._move_aside(step, e)
+        continue
+      logging.info("Restored checkpoint %s/%d.", self.directory, step)
+      return restored, monitor
+    self._raise_if_all_damaged()
+    return state, {}
 
   def save(self, step: int, state, monitor: Optional[dict] = None):
     self.manager.save(step, force=True, args=ocp.args.Composite(

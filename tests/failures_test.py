@@ -10,6 +10,7 @@ import shutil
 import tempfile
 
 from absl.testing import absltest
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -19,6 +20,7 @@ from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax import train
 from coke_jax.data import sources
+from coke_jax.evaluation import restore
 from tests import main_runs
 from tests import testing
 
@@ -150,6 +152,86 @@ class IncompatibleCheckpointTest(absltest.TestCase):
       num_train = sources.get_source(other.dataset).num_train
       with self.assertRaisesRegex(checkpointing.IncompatibleCheckpointError, diff):
         _checkpointer(workdir, other, num_train)
+
+
+def _damage(checkpoint_dir: str, how: str):
+  """Truncates or overwrites the array files of one checkpoint, or removes its state."""
+  if how == "missing":
+    shutil.rmtree(os.path.join(checkpoint_dir, "state"))
+    return
+  for root, _, names in os.walk(os.path.join(checkpoint_dir, "state")):
+    for name in names:
+      if os.sep + "d" in root:  # TensorStore's data files
+        path = os.path.join(root, name)
+        if how == "truncated":
+          os.truncate(path, os.path.getsize(path) // 2)
+        else:
+          with open(path, "r+b") as f:
+            f.write(b"\x5a" * os.path.getsize(path))
+
+
+class DamagedCheckpointTest(absltest.TestCase):
+  """A damaged newest checkpoint is moved aside and the next older one resumed, bit-exactly."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.config = testing.smoke_config()
+    cls.base = tempfile.mkdtemp()
+    train.train_and_evaluate(cls.config, cls.base, stop_at_step=6)  # checkpoints 4 and 6
+    cls.uninterrupted = os.path.join(tempfile.mkdtemp(), "w")
+    shutil.copytree(cls.base, cls.uninterrupted)
+    train.train_and_evaluate(cls.config, cls.uninterrupted, stop_at_step=8)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.base)
+    shutil.rmtree(os.path.dirname(cls.uninterrupted))
+    super().tearDownClass()
+
+  def _damaged_copy(self, how, steps=(6,)):
+    workdir = os.path.join(self.create_tempdir().full_path, "w")
+    shutil.copytree(self.base, workdir)
+    for step in steps:
+      _damage(os.path.join(workdir, "checkpoints", str(step)), how)
+    return workdir
+
+  def test_resume_moves_the_damaged_one_aside_and_continues_from_the_older(self):
+    for how in ("truncated", "corrupted", "missing"):
+      with self.subTest(how):
+        workdir = self._damaged_copy(how)
+        with self.assertLogs(level="WARNING") as logs:
+          train.train_and_evaluate(self.config, workdir, stop_at_step=8)
+        self.assertRegex("\n".join(logs.output),
+                         r"checkpoints/6 is damaged \(.+\); moved it to .*damaged_checkpoints/6")
+        self.assertTrue(os.path.isdir(os.path.join(workdir, "damaged_checkpoints", "6", "meta")))
+        testing.assert_trees_equal(testing.restore_latest(workdir, self.config),
+                                   testing.restore_latest(self.uninterrupted, self.config))
+
+  def test_no_intact_checkpoint_is_one_error_and_loses_nothing(self):
+    workdir = self._damaged_copy("truncated", steps=(4, 6))
+    with self.assertRaisesRegex(checkpointing.DamagedCheckpointError,
+                                r"No intact checkpoint .*steps \[6, 4\].*start from step 0"):
+      train.train_and_evaluate(self.config, workdir, stop_at_step=8)
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, "damaged_checkpoints"))), ["4", "6"])
+
+  def test_evaluation_reads_the_newest_intact_checkpoint_and_moves_nothing(self):
+    workdir = self._damaged_copy("truncated")
+    source = sources.get_source(self.config.dataset)
+    trainer = train.Trainer(self.config, source, sharding.make_mesh())
+    target = {"params": jax.eval_shape(trainer.init_state).params}
+    expected = checkpointing.fingerprint(self.config, source.num_train, trainer.objective)
+    with self.assertLogs(level="WARNING") as logs:
+      restored, step = restore.restore(workdir, target, sharding.make_mesh(), expected,
+                                       compare=("model",))
+    self.assertEqual(step, 4)
+    self.assertIn("checkpoints/6 is damaged", "\n".join(logs.output))
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, "checkpoints"))), ["4", "6"])
+    older = os.path.join(self.create_tempdir().full_path, "w")
+    shutil.copytree(self.base, older)
+    shutil.rmtree(os.path.join(older, "checkpoints", "6"))
+    testing.assert_trees_equal(restored["params"],
+                               testing.restore_latest(older, self.config).params)
 
 
 class NonFiniteCheckTest(absltest.TestCase):

@@ -6,11 +6,14 @@ additionally the heads and the objective's params and state for
 kNN/clustering. The
 optimizer state and everything else are never read. Arrays come back
 replicated on the evaluation's mesh, whatever the number of devices or hosts
-that wrote them (Orbax reshards on read). The checkpoint is opened read-only.
+that wrote them (Orbax reshards on read). The checkpoint is opened read-only:
+a damaged newest checkpoint is skipped with a warning (not moved; the
+pretraining run moves it aside when it resumes) and the next older one is read.
 """
 
 from typing import Any, Optional, Sequence
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
@@ -80,18 +83,36 @@ def restore(pretrain_workdir: str, target: dict[str, Any], mesh, expected_meta: 
     (the restored tree, the step it came from).
   """
   manager = _manager(pretrain_workdir)
-  step = manager.latest_step() if step is None else step
-  if step is None or step not in manager.all_steps():
+  steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+  if not steps or steps[0] not in manager.all_steps():
     raise MissingCheckpointError(
         f"No checkpoint {'at all' if step is None else f'at step {step}'} in "
         f"{manager.directory}; it holds steps {list(manager.all_steps())}.")
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  check_compatible(meta, expected_meta, compare, str(manager.directory))
   replicated = sharding.replicated(mesh)
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), target)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=True)))["state"]
+  damaged = []
+  for candidate in steps:
+    try:
+      meta = manager.restore(
+          candidate, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      check_compatible(meta, expected_meta, compare, str(manager.directory))
+      restored = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True)))["state"]
+    except checkpointing.IncompatibleCheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      logging.warning("Checkpoint %s/%d is damaged (%s)%s", manager.directory, candidate,
+                      checkpointing.short_error(e),
+                      "; trying the next older one." if candidate != steps[-1] else ".")
+      damaged.append((candidate, checkpointing.short_error(e)))
+      continue
+    manager.close()
+    return restored, candidate
   manager.close()
-  return restored, step
+  raise checkpointing.DamagedCheckpointError(
+      f"No intact checkpoint in {manager.directory} (damaged: steps "
+      f"{[s for s, _ in damaged]}; first error: {damaged[0][1]}). Evaluate another step or "
+      "pretraining run, or run the pretraining again with the same --workdir: it moves the "
+      "damaged checkpoints aside and resumes from the newest intact one (or starts afresh).")
