@@ -22,6 +22,7 @@ raises `Preempted`, and main.py exits with status 75.
 
 import os
 import signal
+import sys
 import threading
 from typing import Any, Optional
 
@@ -93,6 +94,27 @@ def short_error(e: Exception) -> str:
   return f"{type(e).__name__}: {first[:300]}"
 
 
+def ignore_abandoned_reads():
+  """Drops the "Event loop is closed" RuntimeErrors of a failed restore from now on.
+
+  When one array of a checkpoint fails to read, Orbax closes its event loop
+  while TensorStore still completes the other reads; each of their callbacks
+  then fails in a thread and Python prints a traceback for it (two dozen for a
+  smoke checkpoint), burying the one warning that says what happened.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
+
+
 class Preempted(Exception):
   """The job was asked to stop (SIGTERM); the state at `step` is saved."""
 
@@ -151,6 +173,7 @@ class Checkpointer:
   def _move_aside(self, step: int, error: Exception):
     """Renames checkpoint `step`, which failed to restore, to damaged_checkpoints/<step>[-n]
     (process 0; the others wait for it) and warns; the manager then no longer lists it."""
+    ignore_abandoned_reads()
     aside = self.directory.parent / "damaged_checkpoints"
     target, n = aside / str(step), 1
     while target.exists():

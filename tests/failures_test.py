@@ -234,6 +234,29 @@ class DamagedCheckpointTest(absltest.TestCase):
                                testing.restore_latest(older, self.config).params)
 
 
+  def _main(self, *flags):
+    run = main_runs.MainRun(["--config=configs/smoke.py", *flags],
+                            os.path.join(self.create_tempdir().full_path, "main.log"))
+    self.addCleanup(run.stop)
+    return run.wait(), run.output()
+
+  def test_main_eval_warns_once_and_evaluates_the_older_one(self):
+    workdir = self._damaged_copy("truncated")
+    status, out = self._main("--mode=eval", f"--pretrain_workdir={workdir}",
+                             f"--workdir={self.create_tempdir().full_path}")
+    self.assertEqual(status, 0, out[-3000:])
+    self.assertEqual(out.count("is damaged ("), 1, out[-3000:])
+    self.assertIn("checkpoints/4", out)
+    self.assertNotIn("Traceback", out)
+
+  def test_main_without_an_intact_checkpoint_is_one_line(self):
+    workdir = self._damaged_copy("corrupted", steps=(4, 6))
+    status, out = self._main(f"--workdir={workdir}")
+    self.assertEqual(status, 1, out[-3000:])
+    self.assertIn("DamagedCheckpointError: No intact checkpoint in ", out)
+    self.assertNotIn("Traceback", out)
+
+
 class NonFiniteCheckTest(absltest.TestCase):
 
   def setUp(self):

@@ -103,6 +103,7 @@ def restore(pretrain_workdir: str, target: dict[str, Any], mesh, expected_meta: 
     except checkpointing.IncompatibleCheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      checkpointing.ignore_abandoned_reads()
       logging.warning("Checkpoint %s/%d is damaged (%s)%s", manager.directory, candidate,
                       checkpointing.short_error(e),
                       "; trying the next older one." if candidate != steps[-1] else ".")
