@@ -18,7 +18,10 @@ last log line says what to do), 75 preempted (SIGTERM: a checkpoint was
 written; run the same command again to resume).
 """
 
+import ast
 import os
+import re
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -77,6 +80,62 @@ class _QuietLibraries:
         part in record.pathname for part in ("/orbax/", "/tensorflow/", "/tensorflow_datasets/"))
 
 
+def _one_line(error: Exception) -> str:
+  """A flag or config error's message on one line: a KeyError's repr (ml_collections wraps
+  it in an AttributeError, quoted again) unquoted, an exception in the config file's code
+  its last line."""
+  text = str(error.args[0]) if error.args else str(error)
+  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      break
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):
+    lines = [re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", lines[-1])]
+  return " ".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every bad flag, config file or --config.key one line, status 1.
+
+  absl's own parser reports only `flags.Error`s so; ml_collections raises a
+  mistyped --config.key as an AttributeError (with the nearest key, a
+  traceback around it) and defers a config file it cannot load to the
+  config's first use (a traceback in main).
+  """
+  try:
+    argv = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # the deferred error of a config file that did not load
+  except flags.Error as e:
+    message = _one_line(e)
+    if "Traceback" not in str(e):  # a flag's value, not the config file's code
+      message += ". Pass --helpfull to see the flags."
+    _exit_on_bad_flag(message)
+  except (KeyError, AttributeError) as e:
+    message = _one_line(e)
+    unknown = re.match(r"'([^']*)'", message)
+    given = [arg for arg in argv if unknown and arg.startswith("--config.") and
+             unknown.group(1) in re.split(r"[.=]", arg[len("--config."):])[:-1]]
+    _exit_on_bad_flag(f"{' '.join(given) or '--config.*'}: no such config key {message} "
+                      "(coke_jax/config_base.py lists every key).")
+  except OSError as e:
+    path = flags.FLAGS["config"].serialize().partition("=")[2].partition(":")[0]
+    problem = ("there is no such file" if not os.path.exists(path) else
+               f"it did not load ({_one_line(e.__cause__ or e)})")
+    _exit_on_bad_flag(f"--config={path}: {problem}. Give the path of a config file, e.g. "
+                      "--config=configs/digits.py (relative paths start at the directory "
+                      "main.py runs in).")
+  return argv
+
+
+def _exit_on_bad_flag(message: str):
+  if not re.match(r"\w+Error: ", message):
+    message = f"ConfigError: {message}"
+  sys.stderr.write(message + "\n")
+  sys.exit(1)
+
+
 def default_workdir(config_path: str, mode: str) -> str:
   name = os.path.splitext(os.path.basename(config_path))[0]
   return os.path.join("workdirs", name if mode == "train" else f"{name}_{mode}")
@@ -118,4 +177,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -66,6 +66,21 @@ class MainFailuresTest(absltest.TestCase):
   def test_mistyped_config_key(self):
     out, _ = self._fail("--config.optimiser.name=sgd")
     self.assertIn('Did you mean "optimizer" instead of "optimiser"?', out)
+    self.assertNotIn("Traceback", out)
+
+  def test_flag_and_config_file_errors_are_one_line(self):
+    out, _ = self._fail("--config.num_epoch=3")
+    self.assertIn('ConfigError: --config.num_epoch=3: no such config key \'num_epoch\' Did you '
+                  'mean "num_epochs" instead of "num_epoch"?', out)
+    self.assertNotIn("Traceback", out)
+    out, _ = self._fail(config="configs/nope.py")
+    self.assertIn("ConfigError: --config=configs/nope.py: there is no such file.", out)
+    self.assertNotIn("Traceback", out)
+    out, _ = self._fail(config="configs/smoke.py:nope")
+    self.assertIn("ConfigError: The objective 'nope' does not exist", out)
+    self.assertNotIn("Traceback", out)
+    out, _ = self._fail("--mode=tune")
+    self.assertIn("flag --mode=tune: value should be one of", out)
 
   def test_batch_not_dividing_over_devices(self):
     out, _ = self._fail("--config.global_batch_size=250")
