@@ -6,7 +6,14 @@ mistyped key fail (the config is locked), and every experiment has every key.
 
 from ml_collections import config_dict
 
+from coke_jax import errors
 from coke_jax import objectives
+
+# Sizes and counts, with the least value that works (a 0 batch divides by zero deep in the
+# input pipeline; a 0 view count builds an empty loss).
+_AT_LEAST = {"global_batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "num_views": 1,
+             "num_small_views": 0, "log_every_steps": 1, "checkpoint_every_steps": 1,
+             "keep_checkpoints": 1, "dataset.image_size": 1, "augment.small_image_size": 1}
 
 
 def default_config(objective: str = "coke") -> config_dict.ConfigDict:
@@ -116,3 +123,19 @@ def default_config(objective: str = "coke") -> config_dict.ConfigDict:
   c.collapse.uniform_loss_fraction = 0.99  # ... or the loss stays at this x that of uniform
   c.collapse.patience_epochs = 3       # ... for this many epochs in a row (0: never)
   return c
+
+
+def check_ranges(config: config_dict.ConfigDict):
+  """Fails with one ConfigError naming the key, its value and the fix for a size or count below
+  its least value (`_AT_LEAST`; None keeps the dataset's own image size)."""
+  for key, least in _AT_LEAST.items():
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    if node is not None and not (isinstance(node, int) and node >= least):
+      raise errors.ConfigError(
+          f"config.{key} is {node!r}; it must be an integer >= {least}. Set "
+          f"--config.{key}=<a whole number >= {least}> (configs/digits.py shows working values).")
+  if any(not isinstance(k, int) or k < 1 for k in config.knn_k):
+    raise errors.ConfigError(f"config.knn_k is {tuple(config.knn_k)!r}; each neighbour count must "
+                             "be an integer >= 1, e.g. --config.knn_k='(20, 200)'.")

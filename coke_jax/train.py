@@ -29,6 +29,7 @@ import ml_collections
 import optax
 
 from coke_jax import checkpointing
+from coke_jax import config_base
 from coke_jax import errors
 from coke_jax import loop
 from coke_jax import models
@@ -253,6 +254,7 @@ class Trainer:
   """Compiled pieces of one run: the sharded steps, the epoch end, and the step accounting."""
 
   def __init__(self, config: ml_collections.ConfigDict, source, mesh):
+    config_base.check_ranges(config)  # the eval modes build a Trainer without train_and_evaluate
     self.config, self.source, self.mesh = config, source, mesh
     self.steps_per_epoch = input_pipeline.steps_per_epoch(source.num_train,
                                                           config.global_batch_size)
@@ -349,6 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   agree on and raises `checkpointing.Preempted`; on a NaN or inf, raises
   FloatingPointError without saving. `mesh` defaults to all devices.
   """
+  config_base.check_ranges(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_divides(config.global_batch_size, mesh, jax.process_count())
   sharding.check_batch_divides(config.eval_batch_size, mesh, jax.process_count(),

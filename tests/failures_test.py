@@ -82,6 +82,16 @@ class MainFailuresTest(absltest.TestCase):
     out, _ = self._fail("--mode=tune")
     self.assertIn("flag --mode=tune: value should be one of", out)
 
+  def test_a_size_or_count_below_one_is_one_line(self):
+    out, _ = self._fail("--config.global_batch_size=0")
+    self.assertIn("ConfigError: config.global_batch_size is 0; it must be an integer >= 1. Set "
+                  "--config.global_batch_size=", out)
+    self.assertNotIn("Traceback", out)
+    out, _ = self._fail("--mode=eval", f"--pretrain_workdir={self.base}",
+                        "--config.dataset.image_size=-8")
+    self.assertIn("ConfigError: config.dataset.image_size is -8; it must be an integer >= 1", out)
+    self.assertNotIn("Traceback", out)
+
   def test_batch_not_dividing_over_devices(self):
     out, _ = self._fail("--config.global_batch_size=250")
     self.assertIn("config.global_batch_size=250 does not divide over 8 devices", out)
