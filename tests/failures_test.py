@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from coke_jax import checkpointing
+from coke_jax import errors
+from coke_jax import models
 from coke_jax import monitor
 from coke_jax import objectives
 from coke_jax import sharding
@@ -280,6 +282,25 @@ class DamagedCheckpointTest(absltest.TestCase):
     self.assertEqual(status, 1, out[-3000:])
     self.assertIn("DamagedCheckpointError: No intact checkpoint in ", out)
     self.assertNotIn("Traceback", out)
+
+
+class BackboneKwargsTest(absltest.TestCase):
+  """Each backbone's settings are its own: switching model.backbone starts from its defaults."""
+
+  def test_another_backbones_kwargs_are_dropped_with_a_warning(self):
+    config = testing.smoke_config(**{"model.backbone": "resnet18"})  # keeps widths=(8, 16)
+    with self.assertLogs(level="WARNING") as logs:
+      model = models.build_model(config.model)
+    self.assertIn("ignoring config.model.backbone_kwargs {'widths': (8, 16)}", logs.output[0])
+    self.assertEqual(type(model.backbone).__name__, "ResNet")
+    self.assertEqual(model.backbone.width, 64)
+    shapes = models.abstract_variables(model, (8, 8, 1))
+    self.assertIn("backbone", shapes["params"])
+
+  def test_a_key_no_backbone_takes_is_a_config_error(self):
+    config = testing.smoke_config(**{"model.backbone_kwargs.widht": 3})
+    with self.assertRaisesRegex(errors.ConfigError, r"\['widht'\], which no backbone takes"):
+      models.build_model(config.model)
 
 
 class NonFiniteCheckTest(absltest.TestCase):

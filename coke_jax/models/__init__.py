@@ -1,5 +1,6 @@
 """Backbones and heads; `build_model` turns `config.model` into a Flax module."""
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -18,6 +19,39 @@ BACKBONES = {
     "resnet50": resnet.resnet50,
     "vit_s16": vit.vit_small16,
 }
+# The backbone_kwargs each backbone takes. A config file sets those of its backbone; when
+# --config.model.backbone switches to another, the ones that belong to another backbone are
+# dropped with a warning, so the new one starts from its defaults.
+BACKBONE_KWARGS = {
+    "small_cnn": ("widths",),
+    "resnet18": ("cifar_stem", "zero_init_last_bn", "width"),
+    "resnet34": ("cifar_stem", "zero_init_last_bn", "width"),
+    "resnet50": ("cifar_stem", "zero_init_last_bn", "width"),
+    "vit_s16": (),
+}
+_warned_dropped = set()
+
+
+def backbone_kwargs(model_config) -> dict:
+  """`model_config.backbone_kwargs` that its backbone takes; another backbone's are dropped
+  (one warning naming them), a key no backbone takes is a ConfigError."""
+  name = model_config.backbone
+  kwargs = dict(model_config.backbone_kwargs)
+  known = {k for keys in BACKBONE_KWARGS.values() for k in keys}
+  unknown = sorted(set(kwargs) - known)
+  if unknown:
+    raise errors.ConfigError(
+        f"config.model.backbone_kwargs has {unknown}, which no backbone takes; "
+        f"{name} takes {list(BACKBONE_KWARGS[name])}. Remove or rename them in the config file.")
+  dropped = sorted(set(kwargs) - set(BACKBONE_KWARGS[name]))
+  if dropped and (name, tuple(dropped)) not in _warned_dropped:
+    _warned_dropped.add((name, tuple(dropped)))
+    logging.warning("config.model.backbone is %r: ignoring config.model.backbone_kwargs %s, "
+                    "which belong to another backbone (%s takes %s).", name,
+                    {k: kwargs[k] for k in dropped}, name, list(BACKBONE_KWARGS[name]))
+  return {k: v for k, v in kwargs.items() if k not in dropped}
+
+
 # float64 is a verification mode (the device-count equivalence tests run the whole step in it,
 # where reassociation error is about 1e-16); it needs JAX's x64 mode.
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
@@ -44,7 +78,7 @@ def build_model(model_config, axis_name=None) -> SSLModel:
         "config.model.dtype is 'float64', which needs JAX's 64-bit mode: set JAX_ENABLE_X64=1 "
         "(float64 is meant for numerical checks; train in float32 or bfloat16).")
   dtype = _DTYPES[model_config.dtype]
-  kwargs = dict(model_config.backbone_kwargs)
+  kwargs = backbone_kwargs(model_config)
   if model_config.remat:
     if name == "small_cnn":
       raise errors.ConfigError(
