@@ -29,5 +29,5 @@ setuptools.setup(
         "tensorflow>=2.16; platform_machine!='x86_64'",
         "tensorflow-datasets>=4.9.4",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
 )
