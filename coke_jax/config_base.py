@@ -4,17 +4,13 @@ Keeping the full schema in one place means `--config.key=value` overrides of a
 mistyped key fail (the config is locked), and every experiment has every key.
 """
 
+import math
+
 from ml_collections import config_dict
 
+from coke_jax import config_rules as rules
 from coke_jax import errors
 from coke_jax import objectives
-
-# Sizes and counts, with the least value that works (a 0 batch divides by zero deep in the
-# input pipeline; a 0 view count builds an empty loss).
-_AT_LEAST = {"global_batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "num_views": 1,
-             "num_small_views": 0, "log_every_steps": 1, "checkpoint_every_steps": 1,
-             "keep_checkpoints": 1, "dataset.image_size": 1, "augment.small_image_size": 1}
-
 
 def default_config(objective: str = "coke") -> config_dict.ConfigDict:
   """The whole schema, with `objective`'s section (`objectives.NAMES`) as `config.objective`."""
@@ -125,17 +121,120 @@ def default_config(objective: str = "coke") -> config_dict.ConfigDict:
   return c
 
 
-def check_ranges(config: config_dict.ConfigDict):
-  """Fails with one ConfigError naming the key, its value and the fix for a size or count below
-  its least value (`_AT_LEAST`; None keeps the dataset's own image size)."""
-  for key, least in _AT_LEAST.items():
-    node = config
-    for part in key.split("."):
-      node = node[part]
-    if node is not None and not (isinstance(node, int) and node >= least):
+# Validation: what every key of the shared schema may hold, checked before anything is built
+# (`validate`). The objectives declare their own keys' rules (`Objective.RULES`); settings that
+# depend on each other or on the data are checked where both are known (the objectives'
+# __post_init__, `check_against_data`). The upper bounds are far above any working value: they
+# turn a mistyped exponent into one line instead of an out-of-memory crash or a NaN.
+_DIM = 1 << 16        # widths, embedding sizes (the largest in use: 2048 to 8192)
+_SIDE = 4096          # image sides, pixels
+_VIEWS = 32           # views per example (multi-crop uses 2 + 6; DINO 2 + 10)
+_SEED = (1 << 31) - 1
+
+
+_JITTER = rules.Rule("(brightness, contrast, saturation, hue), the first three in [0, 1], hue in "
+               "[0, 0.5]", lambda v: len(v) == 4 and all(map(rules.is_real, v))
+               and all(0 <= x <= 1 for x in v[:3]) and 0 <= v[3] <= 0.5)
+
+RULES = {
+    "seed": rules.integer(0, _SEED),
+    "dataset.image_size": rules.integer(1, _SIDE, optional=True),
+    "dataset.eval_crop_fraction": rules.real(0, 1, lo_open=True, optional=True),
+    "dataset.shuffle_buffer": rules.integer(1, 1 << 24),
+    "dataset.holdout_fraction": rules.real(0, 1, lo_open=True, hi_open=True),
+    "dataset.split_seed": rules.integer(0, _SEED),
+    "dataset.validation_fraction": rules.real(0, 1, hi_open=True),
+    "num_views": rules.integer(1, _VIEWS),
+    "num_small_views": rules.integer(0, _VIEWS),
+    "augment.max_rotation_deg": rules.real(0, 180),
+    "augment.scale_range": rules.interval(0, 4),
+    "augment.max_shift": rules.real(0, 64),
+    "augment.erase_prob": rules.PROBABILITY,
+    "augment.erase_size": rules.integer(1, 64),
+    "augment.noise_std": rules.real(0, 10),
+    "augment.crop_scale": rules.interval(0, 1),
+    "augment.crop_ratio": rules.interval(0, 10),
+    "augment.jitter": _JITTER,
+    "augment.jitter_prob": rules.PROBABILITY,
+    "augment.grayscale_prob": rules.PROBABILITY,
+    "augment.blur_prob": rules.each(rules.PROBABILITY),
+    "augment.blur_sigma": rules.interval(0, 100),
+    "augment.solarize_prob": rules.each(rules.PROBABILITY),
+    "augment.flip_prob": rules.PROBABILITY,
+    "augment.canvas_size": rules.integer(0, _SIDE),
+    "augment.small_image_size": rules.integer(1, _SIDE),
+    "augment.small_crop_scale": rules.interval(0, 1),
+    "augment.small_jitter": _JITTER,
+    "augment.small_blur_prob": rules.PROBABILITY,
+    "model.backbone_kwargs.widths": rules.each(rules.integer(1, _DIM)),
+    "model.backbone_kwargs.width": rules.integer(1, _DIM),
+    "model.proj_hidden_dim": rules.integer(1, _DIM),
+    "model.proj_layers": rules.integer(1, 16),
+    "model.embed_dim": rules.integer(1, _DIM),
+    "model.pred_hidden_dim": rules.integer(0, _DIM),
+    "optimizer.name": rules.one_of("lars", "sgd", "adam"),
+    "optimizer.learning_rate": rules.positive(),
+    "optimizer.schedule": rules.one_of("cosine", "step", "constant"),
+    "optimizer.step_epochs": rules.each(rules.real(0), min_length=0),
+    "optimizer.step_factor": rules.positive(),
+    "optimizer.warmup_epochs": rules.real(0),
+    "optimizer.warmup_start_lr": rules.real(0),
+    "optimizer.end_lr": rules.real(0),
+    "optimizer.momentum": rules.real(0, 1, hi_open=True),
+    "optimizer.weight_decay": rules.real(0),
+    "optimizer.trust_coefficient": rules.positive(),
+    "global_batch_size": rules.integer(1, 1 << 24),
+    "num_epochs": rules.integer(1, 1 << 24),
+    "log_every_steps": rules.integer(1, _SEED),
+    "checkpoint_every_steps": rules.integer(1, _SEED),
+    "keep_checkpoints": rules.integer(1, 1 << 20),
+    "eval_every_epochs": rules.integer(0, 1 << 24),
+    "eval_batch_size": rules.integer(1, 1 << 20),
+    "knn_k": rules.each(rules.integer(1, 1 << 20)),
+    "knn_temperature": rules.positive(),
+    "collapse.max_cluster_share": rules.PROBABILITY,
+    "collapse.min_size_fraction": rules.PROBABILITY,
+    "collapse.uniform_loss_fraction": rules.PROBABILITY,
+    "collapse.patience_epochs": rules.integer(0, 1 << 24),
+}
+
+
+def _leaves(node, prefix=""):
+  for key, value in node.items():
+    if isinstance(value, config_dict.ConfigDict):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield prefix + key, value
+
+
+def _not_finite(value) -> bool:
+  if isinstance(value, (tuple, list)):
+    return any(map(_not_finite, value))
+  return isinstance(value, float) and not math.isfinite(value)
+
+
+def validate(config: config_dict.ConfigDict):
+  """One ConfigError naming the key, its value and what fits, for the first setting that
+  breaks its rule (`RULES`, the objective's `RULES`) or is a NaN or infinity anywhere."""
+  every = {**RULES, **{f"objective.{k}": rule
+                       for k, rule in objectives.rules(config.objective.name).items()}}
+  for key, value in _leaves(config):
+    rule = every.get(key)
+    problem = "a finite number" if _not_finite(value) else rule and rule.problem(value)
+    if problem:
       raise errors.ConfigError(
-          f"config.{key} is {node!r}; it must be an integer >= {least}. Set "
-          f"--config.{key}=<a whole number >= {least}> (configs/digits.py shows working values).")
-  if any(not isinstance(k, int) or k < 1 for k in config.knn_k):
-    raise errors.ConfigError(f"config.knn_k is {tuple(config.knn_k)!r}; each neighbour count must "
-                             "be an integer >= 1, e.g. --config.knn_k='(20, 200)'.")
+          f"config.{key} is {value!r}; it must be {problem}. Set --config.{key}=<{problem}> "
+          "(configs/digits.py shows working values).")
+
+
+def check_against_data(config: config_dict.ConfigDict, num_train: int, steps_per_epoch: int):
+  """The settings that must fit the training set: a batch no larger than it (a larger one
+  is all padding), and a step count that the int32 step counter holds."""
+  if config.global_batch_size > num_train:
+    raise errors.ConfigError(
+        f"config.global_batch_size is {config.global_batch_size}, more than the "
+        f"{num_train} training examples. Set --config.global_batch_size=<at most {num_train}>.")
+  if (config.num_epochs + 1) * steps_per_epoch > _SEED:
+    raise errors.ConfigError(
+        f"config.num_epochs is {config.num_epochs}: {steps_per_epoch} steps per epoch make "
+        f"more steps than the step counter holds ({_SEED}). Set fewer --config.num_epochs.")

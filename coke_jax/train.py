@@ -254,7 +254,7 @@ class Trainer:
   """Compiled pieces of one run: the sharded steps, the epoch end, and the step accounting."""
 
   def __init__(self, config: ml_collections.ConfigDict, source, mesh):
-    config_base.check_ranges(config)  # the eval modes build a Trainer without train_and_evaluate
+    config_base.validate(config)  # the eval modes build a Trainer without train_and_evaluate
     self.config, self.source, self.mesh = config, source, mesh
     self.steps_per_epoch = input_pipeline.steps_per_epoch(source.num_train,
                                                           config.global_batch_size)
@@ -351,13 +351,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   agree on and raises `checkpointing.Preempted`; on a NaN or inf, raises
   FloatingPointError without saving. `mesh` defaults to all devices.
   """
-  config_base.check_ranges(config)
+  config_base.validate(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_divides(config.global_batch_size, mesh, jax.process_count())
   sharding.check_batch_divides(config.eval_batch_size, mesh, jax.process_count(),
                                name="eval_batch_size")
   source = sources.get_source(config.dataset)
   trainer = Trainer(config, source, mesh)
+  config_base.check_against_data(config, source.num_train, trainer.steps_per_epoch)
   ckpt = checkpointing.Checkpointer.for_training(workdir, config, source.num_train,
                                                  trainer.objective)
   writer = writers.create(workdir)

@@ -36,6 +36,11 @@ def default_config(name: str) -> config_dict.ConfigDict:
   return _module(name).default_config()
 
 
+def rules(name: str) -> dict:
+  """What each key of objective `name`'s section may hold (its module's `RULES`)."""
+  return getattr(_module(name), "RULES", {})
+
+
 def build(config, num_examples: int) -> Objective:
   """The objective of `config.objective`, for a training set of `num_examples`."""
   name = config.objective.name

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from coke_jax import clustering
+from coke_jax import config_rules as r
 from coke_jax import errors
 from coke_jax import sharding
 from coke_jax.objectives import base
@@ -192,6 +193,20 @@ class C2BIN(base.Objective):
 
   def fingerprint(self) -> dict[str, Any]:
     return {"num_clusters": list(self.num_clusters)}
+
+
+# What each key of the section may hold (config_base.validate); the checks that need two
+# keys or the data are in __post_init__.
+RULES = {
+    "num_clusters": r.each(r.integer(1, 1 << 24)),
+    "temperature": r.positive(),
+    "cluster_weight": r.real(0),
+    "entropy_weight": r.real(0),
+    "momentum": r.PROBABILITY,
+    "momentum_schedule": r.one_of("constant", "cosine"),
+    "bca_form": r.one_of("text", "pica"),
+    "entropy_of": r.one_of("mass", "distribution"),
+}
 
 
 def default_config() -> config_dict.ConfigDict:

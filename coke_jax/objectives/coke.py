@@ -27,6 +27,7 @@ from ml_collections import config_dict
 import numpy as np
 
 from coke_jax import clustering
+from coke_jax import config_rules as r
 from coke_jax import errors
 from coke_jax import sharding
 from coke_jax.objectives import base
@@ -287,6 +288,26 @@ class CoKe(base.Objective):
     return {"num_clusters": list(self.num_clusters), "embed_dim": self.embed_dim,
             "average_after_epoch": self.average_after_epoch,
             "avg_label_size": self.avg_label_size}
+
+
+# What each key of the section may hold (config_base.validate); the checks that need two
+# keys or the data are in __post_init__.
+RULES = {
+    "num_clusters": r.each(r.integer(1, 1 << 24)),
+    "temperature": r.positive(),
+    "min_size_ratio": r.PROBABILITY,
+    "min_size_ratios": r.each(r.each(r.PROBABILITY), min_length=0),
+    "dual_lr": r.positive(optional=True),
+    "dual_lrs": r.each(r.positive(), min_length=0),
+    "dual_l1_radius": r.positive(optional=True),
+    "alpha": r.PROBABILITY,
+    "beta": r.PROBABILITY,
+    "center_update": r.one_of("batch", "epoch"),
+    "average_after_epoch": r.integer(0, 1 << 24, optional=True),
+    "avg_label_size": r.integer(1, 1 << 24),
+    "avg_label_temperature": r.positive(),
+    "multicrop_beta": r.PROBABILITY,
+}
 
 
 def default_config() -> config_dict.ConfigDict:

@@ -35,6 +35,7 @@ from ml_collections import config_dict
 import numpy as np
 
 from coke_jax import clustering
+from coke_jax import config_rules as r
 from coke_jax import errors
 from coke_jax import sharding
 from coke_jax.objectives import base
@@ -204,6 +205,18 @@ class LocalAggregation(base.Objective):
 
   def fingerprint(self) -> dict[str, Any]:
     return {"num_clusters": list(self.num_clusters), "embed_dim": self.embed_dim}
+
+
+# What each key of the section may hold (config_base.validate); the checks that need two
+# keys or the data are in __post_init__.
+RULES = {
+    "num_clusters": r.each(r.integer(1, 1 << 24)),
+    "temperature": r.positive(),
+    "num_neighbours": r.integer(1, 1 << 24),
+    "bank_momentum": r.real(0, 1, hi_open=True),
+    "kmeans_iterations": r.integer(1, 10_000),
+    "warmup_epochs": r.integer(0, 1 << 24),
+}
 
 
 def default_config() -> config_dict.ConfigDict:

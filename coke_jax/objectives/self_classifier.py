@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from coke_jax import clustering
+from coke_jax import config_rules as r
 from coke_jax import errors
 from coke_jax import sharding
 from coke_jax.objectives import base
@@ -143,6 +144,15 @@ class SelfClassifier(base.Objective):
 
   def fingerprint(self) -> dict[str, Any]:
     return {"num_classes": list(self.num_classes), "embed_dim": self.embed_dim}
+
+
+# What each key of the section may hold (config_base.validate); the checks that need two
+# keys or the data are in __post_init__.
+RULES = {
+    "num_classes": r.each(r.integer(1, 1 << 24)),
+    "temperature": r.positive(),
+    "column_group_size": r.integer(0, 1 << 24),
+}
 
 
 def default_config() -> config_dict.ConfigDict:

@@ -35,6 +35,7 @@ from ml_collections import config_dict
 import numpy as np
 
 from coke_jax import clustering
+from coke_jax import config_rules as r
 from coke_jax import errors
 from coke_jax import sharding
 from coke_jax.data import order
@@ -239,6 +240,20 @@ class SwAV(base.Objective):
   def fingerprint(self) -> dict[str, Any]:
     return {"num_prototypes": list(self.num_prototypes), "embed_dim": self.embed_dim,
             "assign_views": list(self.assign_views), "queue_length": self.queue_length}
+
+
+# What each key of the section may hold (config_base.validate); the checks that need two
+# keys or the data are in __post_init__.
+RULES = {
+    "num_prototypes": r.each(r.integer(1, 1 << 24)),
+    "temperature": r.positive(),
+    "epsilon": r.positive(),
+    "sinkhorn_iterations": r.integer(1, 10_000),
+    "assign_views": r.each(r.integer(0, 31)),
+    "freeze_prototypes_epochs": r.real(0, 1 << 24),
+    "queue_length": r.integer(0, 1 << 24),
+    "queue_start_epoch": r.integer(0, 1 << 24),
+}
 
 
 def default_config() -> config_dict.ConfigDict:
