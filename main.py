@@ -36,6 +36,7 @@ from coke_jax import checkpointing
 from coke_jax import distributed
 from coke_jax import errors
 from coke_jax import train
+from coke_jax import workdir_lock
 from coke_jax.data import sources
 from coke_jax.evaluation import checkpoint_eval
 from coke_jax.evaluation import linear_probe
@@ -65,19 +66,31 @@ _USER_ERRORS = (errors.ConfigError, sources.MissingDataError, restore.MissingChe
                 FloatingPointError)
 
 
+_LIBRARIES = ("/orbax/", "/tensorflow/", "/tensorflow_datasets/")
+
+
 class _QuietLibraries:
-  """Drops INFO records that would drown the progress lines (Orbax's and TF's internals) and
+  """Drops INFO records that would drown the progress lines (Orbax's and TF's internals), the
+  errors these libraries log from their threads when a write fails (full or read-only disk),
+  the tracebacks of their other errors and the abandoned tasks of a failed restore, and
   shows clu's ReportProgress note ("Setting work unit notes: 2.1 steps/s, ... ETA: 3m") as
   "Progress: ..."."""
 
   def filter(self, record) -> bool:
+    library = any(part in record.pathname for part in _LIBRARIES)
+    if "/asyncio/" in record.pathname and "/orbax/" in record.getMessage():
+      return False  # "Task exception was never retrieved": reads a failed restore abandoned
     if record.levelno > 20:
+      if library and (workdir_lock.write_failure_text(record.getMessage()) or (
+          record.exc_info and workdir_lock.write_failure(record.exc_info[1]))):
+        return False  # a failed write: main.py's one line says it (WorkdirNotWritableError)
+      if library:  # the one line stays; the thread's traceback goes
+        record.exc_info, record.exc_text = None, None
       return True
     if "/clu/" in record.pathname and str(record.msg).startswith("Setting work unit notes: "):
       record.msg = "Progress: " + str(record.msg)[len("Setting work unit notes: "):]
       return True
-    return not any(
-        part in record.pathname for part in ("/orbax/", "/tensorflow/", "/tensorflow_datasets/"))
+    return not library
 
 
 def _one_line(error: Exception) -> str:
@@ -161,17 +174,24 @@ def main(argv):
       config_flags.get_config_filename(flags.FLAGS["config"]), _MODE.value)
   logging.info("Workdir: %s", workdir)
   try:
-    if _MODE.value == "train":
-      train.train_and_evaluate(_CONFIG.value, workdir)
-    elif _MODE.value == "eval":
-      checkpoint_eval.evaluate_checkpoint(_CONFIG.value, workdir, _PRETRAIN_WORKDIR.value)
-    else:
-      linear_probe.train_and_evaluate(_CONFIG.value, workdir, _PRETRAIN_WORKDIR.value)
+    with workdir_lock.hold(workdir):  # one run per workdir; also the first write to it
+      if _MODE.value == "train":
+        train.train_and_evaluate(_CONFIG.value, workdir)
+      elif _MODE.value == "eval":
+        checkpoint_eval.evaluate_checkpoint(_CONFIG.value, workdir, _PRETRAIN_WORKDIR.value)
+      else:
+        linear_probe.train_and_evaluate(_CONFIG.value, workdir, _PRETRAIN_WORKDIR.value)
   except checkpointing.Preempted as e:
     logging.warning("%s", e)
     return PREEMPTED_EXIT_CODE
   except _USER_ERRORS as e:
     logging.error("%s: %s", type(e).__name__, e)
+    return 1
+  except Exception as e:  # a write to the workdir (metrics, events, pictures) that failed
+    failure = workdir_lock.write_failure(e)
+    if failure is None:
+      raise
+    logging.error("WorkdirNotWritableError: %s", workdir_lock.not_writable(workdir, failure))
     return 1
   return 0
 

@@ -20,6 +20,7 @@ tells the trainer the step at which every process stops; it then saves and
 raises `Preempted`, and main.py exits with status 75.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -33,6 +34,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from coke_jax import errors
+from coke_jax import workdir_lock
 
 # Bumped when a saved state would mean something else to this code: 2 holds params as
 # {"model", "objective"} (objectives own parameters) and the torchvision-exact ResNet padding.
@@ -95,24 +97,40 @@ def short_error(e: Exception) -> str:
 
 
 def ignore_abandoned_reads():
-  """Drops the "Event loop is closed" RuntimeErrors of a failed restore from now on.
+  """Drops the "Event loop is closed" RuntimeErrors of a failed restore or save from now on.
 
   When one array of a checkpoint fails to read, Orbax closes its event loop
   while TensorStore still completes the other reads; each of their callbacks
   then fails in a thread and Python prints a traceback for it (two dozen for a
-  smoke checkpoint), burying the one warning that says what happened.
+  smoke checkpoint), burying the one warning that says what happened. They
+  arrive as unraisable exceptions, or, from a callback that prints its own
+  error, through sys.excepthook: both are filtered, everything else passes.
+  A failed save leaves write coroutines that the interpreter abandons at exit
+  ("sys.meta_path is None"): dropped too.
   """
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_abandoned_reads", False):
+  if getattr(sys.unraisablehook, "drops_abandoned_reads", False):
     return
 
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
-      previous(unraisable)
+  def abandoned(exc_value) -> bool:
+    return ((isinstance(exc_value, RuntimeError) and str(exc_value) == "Event loop is closed")
+            or (isinstance(exc_value, ImportError) and "sys.meta_path is None" in str(exc_value)))
 
-  hook.drops_abandoned_reads = True
-  sys.unraisablehook = hook
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+  def unraisable_hook(unraisable):
+    if not abandoned(unraisable.exc_value):
+      previous_unraisable(unraisable)
+
+  def except_hook(exc_type, exc_value, exc_traceback):
+    if not abandoned(exc_value):
+      previous_except(exc_type, exc_value, exc_traceback)
+
+  unraisable_hook.drops_abandoned_reads = True
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+
+
+class CheckpointSaveError(errors.ConfigError):
+  """A checkpoint could not be written (full, read-only or vanished filesystem)."""
 
 
 class Preempted(Exception):
@@ -155,6 +173,7 @@ class Checkpointer:
                config.checkpoint_every_steps)
 
   def _check_compatible(self):
+    ignore_abandoned_reads()  # before any read: a failed one's callbacks race its except
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = self.manager.restore(
@@ -173,7 +192,6 @@ class Checkpointer:
   def _move_aside(self, step: int, error: Exception):
     """Renames checkpoint `step`, which failed to restore, to damaged_checkpoints/<step>[-n]
     (process 0; the others wait for it) and warns; the manager then no longer lists it."""
-    ignore_abandoned_reads()
     aside = self.directory.parent / "damaged_checkpoints"
     target, n = aside / str(step), 1
     while target.exists():
@@ -225,12 +243,38 @@ class Checkpointer:
     return state, {}
 
   def save(self, step: int, state, monitor: Optional[dict] = None):
-    self.manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta),
-        monitor=ocp.args.JsonSave(monitor or {})))
+    with self._saving(step):
+      self.manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta),
+          monitor=ocp.args.JsonSave(monitor or {})))
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._saving(None):
+      self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _saving(self, step):
+    """Turns a failed write into one CheckpointSaveError. Orbax writes each checkpoint into a
+    temporary directory and renames it when complete, so a failed save leaves the earlier
+    ones as they were; the message lists them. An asynchronous save's error surfaces at the
+    next save or wait (`step` None: the one in flight)."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  (Orbax and TensorStore raise many)
+      cause = workdir_lock.write_failure(e)
+      if cause is None:
+        raise
+      ignore_abandoned_reads()
+      try:
+        self.manager.reload()
+        intact = list(self.manager.all_steps())
+      except Exception:  # pylint: disable=broad-except  (the directory may be unreadable too)
+        intact = "unknown: the directory cannot be listed"
+      which = "the checkpoint in flight" if step is None else f"the checkpoint of step {step}"
+      raise CheckpointSaveError(
+          f"Could not write {which} to {self.directory} ({workdir_lock.describe(cause)}). The "
+          f"earlier checkpoints are kept (steps {intact}). Free space or make the workdir writable, "
+          "then run the same command to resume from the newest of them.") from None
 
 
 class PreemptionWatch:

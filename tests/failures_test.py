@@ -4,15 +4,18 @@ Also the two run monitors: NaN/inf (stop, never save a bad state) and a
 collapsing clustering (warn in the log and the metrics).
 """
 
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint
 
 from coke_jax import checkpointing
 from coke_jax import errors
@@ -21,6 +24,7 @@ from coke_jax import monitor
 from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax import train
+from coke_jax import workdir_lock
 from coke_jax.data import sources
 from coke_jax.evaluation import restore
 from tests import main_runs
@@ -38,6 +42,15 @@ def _files(directory: str) -> dict[str, str]:
   return out
 
 
+def _chmod_tree(directory: str, dir_mode: int, file_mode: int):
+  for root, dirs, names in os.walk(directory, topdown=False):
+    for name in names:
+      os.chmod(os.path.join(root, name), file_mode)
+    for name in dirs:
+      os.chmod(os.path.join(root, name), dir_mode)
+  os.chmod(directory, dir_mode)
+
+
 class MainFailuresTest(absltest.TestCase):
   """Each case starts main.py in a workdir holding a smoke checkpoint at step 2."""
 
@@ -52,13 +65,16 @@ class MainFailuresTest(absltest.TestCase):
     shutil.rmtree(cls.base)
     super().tearDownClass()
 
-  def _fail(self, *flags, config="configs/smoke.py", expect_status=1):
-    """Runs main.py on a copy of the base workdir; returns its log, checking nothing changed."""
+  def _fail(self, *flags, config="configs/smoke.py", expect_status=1, prepare=None, prefix=()):
+    """Runs main.py on a copy of the base workdir (after `prepare(workdir)`, under the
+    command `prefix`); returns its log, checking that no checkpoint changed."""
     workdir = os.path.join(self.create_tempdir().full_path, "w")
     shutil.copytree(self.base, workdir)
     before = _files(os.path.join(workdir, "checkpoints"))
+    if prepare:
+      prepare(workdir)
     run = main_runs.MainRun([f"--config={config}", f"--workdir={workdir}", *flags],
-                            os.path.join(workdir, "main.log"))
+                            os.path.join(os.path.dirname(workdir), "main.log"), prefix=prefix)
     self.addCleanup(run.stop)
     self.assertEqual(run.wait(), expect_status, run.output()[-3000:])
     after = _files(os.path.join(workdir, "checkpoints"))
@@ -84,15 +100,78 @@ class MainFailuresTest(absltest.TestCase):
     out, _ = self._fail("--mode=tune")
     self.assertIn("flag --mode=tune: value should be one of", out)
 
-  def test_a_size_or_count_below_one_is_one_line(self):
+  def test_a_value_out_of_its_range_is_one_line(self):
+    # tests/config_validation_test.py walks every key in-process; these go through main.py.
     out, _ = self._fail("--config.global_batch_size=0")
-    self.assertIn("ConfigError: config.global_batch_size is 0; it must be an integer >= 1. Set "
-                  "--config.global_batch_size=", out)
+    self.assertIn("ConfigError: config.global_batch_size is 0; it must be an integer in [1, "
+                  "16777216]. Set --config.global_batch_size=", out)
     self.assertNotIn("Traceback", out)
     out, _ = self._fail("--mode=eval", f"--pretrain_workdir={self.base}",
                         "--config.dataset.image_size=-8")
-    self.assertIn("ConfigError: config.dataset.image_size is -8; it must be an integer >= 1", out)
+    self.assertIn("ConfigError: config.dataset.image_size is -8; it must be an integer in [1, "
+                  "4096]", out)
     self.assertNotIn("Traceback", out)
+    out, _ = self._fail("--config.objective.min_size_ratio=1.5")
+    self.assertIn("ConfigError: config.objective.min_size_ratio is 1.5; it must be a number >= 0 "
+                  "and <= 1.", out)
+    self.assertNotIn("Traceback", out)
+    out, _ = self._fail("--config.optimizer.learning_rate=nan")
+    self.assertIn("ConfigError: config.optimizer.learning_rate is nan; it must be a finite "
+                  "number.", out)
+    self.assertNotIn("Traceback", out)
+
+  def test_a_workdir_held_by_a_live_run_is_refused(self):
+    # This test's process holds the lock, as a running main.py would; main.py is the second.
+    held = []
+
+    def hold(workdir):
+      lock = workdir_lock.hold(workdir)
+      lock.__enter__()
+      held.append(lock)
+      self.addCleanup(lock.__exit__, None, None, None)
+
+    out, workdir = self._fail(prepare=hold)
+    self.assertIn(f"WorkdirInUseError: The workdir {workdir} is in use by another run (process "
+                  f"{os.getpid()} on ", out)
+    self.assertNotIn("Traceback", out)
+
+  def test_a_read_only_workdir_is_one_line(self):
+    prefix = ()
+    if os.geteuid() == 0:  # root writes anywhere: drop the capabilities that let it
+      if not shutil.which("setpriv"):
+        self.skipTest("running as root without setpriv (util-linux)")
+      prefix = ("setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search",
+                "--")
+
+    def read_only(workdir):
+      _chmod_tree(workdir, 0o555, 0o444)
+      self.addCleanup(_chmod_tree, workdir, 0o755, 0o644)
+
+    out, workdir = self._fail(prepare=read_only, prefix=prefix)
+    self.assertIn(f"WorkdirNotWritableError: Cannot write to the workdir {workdir} "
+                  "(PermissionError: Permission denied", out)
+    self.assertNotIn("Traceback", out)
+
+  def test_a_failed_checkpoint_save_is_one_error_and_keeps_the_earlier_ones(self):
+    # A full disk, as Orbax would meet it when it writes step 4's files.
+    workdir = os.path.join(self.create_tempdir().full_path, "w")
+    shutil.copytree(self.base, workdir)
+    before = _files(os.path.join(workdir, "checkpoints"))
+    save = orbax.checkpoint.CheckpointManager.save
+
+    def full_disk(manager, step, *args, **kwargs):
+      if step >= 4:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(workdir, "x"))
+      return save(manager, step, *args, **kwargs)
+
+    with mock.patch.object(orbax.checkpoint.CheckpointManager, "save", full_disk):
+      with self.assertRaises(checkpointing.CheckpointSaveError) as e:
+        train.train_and_evaluate(testing.smoke_config(), workdir, stop_at_step=6)
+    self.assertRegex(str(e.exception), r"^Could not write the checkpoint of step 4 to .*"
+                     r"checkpoints \(OSError: No space left on device: .*/x\)\. The "
+                     r"earlier checkpoints are kept \(steps \[2\]\)\. Free space")
+    self.assertNotIn("\n", str(e.exception))
+    self.assertEqual(_files(os.path.join(workdir, "checkpoints")), before)
 
   def test_batch_not_dividing_over_devices(self):
     out, _ = self._fail("--config.global_batch_size=250")
@@ -102,12 +181,6 @@ class MainFailuresTest(absltest.TestCase):
     self.assertNotIn("Traceback", out)
     out, _ = self._fail("--config.eval_batch_size=100")
     self.assertIn("config.eval_batch_size=100 does not divide over 8 devices", out)
-
-  def test_a_setting_out_of_range_is_one_line_not_a_traceback(self):
-    out, _ = self._fail("--config.objective.min_size_ratio=1.5")
-    self.assertIn("ConfigError: objective.min_size_ratio (gamma') is 1.5; it must be in [0, 1]",
-                  out)
-    self.assertNotIn("Traceback", out)
 
   def test_evaluating_a_workdir_without_checkpoints(self):
     empty = self.create_tempdir().full_path

@@ -37,7 +37,7 @@ def config_flags(**overrides) -> list[str]:
 class MainRun:
   """One `python main.py ...` process with `devices` CPU devices; stop() it in a cleanup."""
 
-  def __init__(self, args, log_path: str, devices: int = 8, cache_dir: str = ""):
+  def __init__(self, args, log_path: str, devices: int = 8, cache_dir: str = "", prefix=()):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     if cache_dir:
@@ -46,8 +46,8 @@ class MainRun:
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     self.log_path = log_path
     with open(log_path, "w") as log:
-      self.proc = subprocess.Popen([sys.executable, "main.py", *args], cwd=REPO, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+      self.proc = subprocess.Popen([*prefix, sys.executable, "main.py", *args], cwd=REPO,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
 
   def output(self) -> str:
     with open(self.log_path) as f:

@@ -92,6 +92,7 @@ def restore(pretrain_workdir: str, target: dict[str, Any], mesh, expected_meta: 
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), target)
   damaged = []
+  checkpointing.ignore_abandoned_reads()  # before the reads: their callbacks race the except
   for candidate in steps:
     try:
       meta = manager.restore(
@@ -103,7 +104,6 @@ def restore(pretrain_workdir: str, target: dict[str, Any], mesh, expected_meta: 
     except checkpointing.IncompatibleCheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-      checkpointing.ignore_abandoned_reads()
       logging.warning("Checkpoint %s/%d is damaged (%s)%s", manager.directory, candidate,
                       checkpointing.short_error(e),
                       "; trying the next older one." if candidate != steps[-1] else ".")
