@@ -29,6 +29,11 @@ Tables 2 and 3 use --overhead_backbone with the last of --num_views.
 
   python -m benchmarks.train_step_benchmark --tables=4 --batch_size=32 --steps=3
 
+and with --recipe=digits each objective's digits config (the README methods table):
+
+  python -m benchmarks.train_step_benchmark --tables=4 --recipe=digits --batch_size=128 \
+      --steps=20 --objectives=coke:2,swav:2,self_classifier:2,c2bin:2,local_aggregation:2
+
 Batches are synthetic (random images and ids) and stay on the device: this
 measures the step, not the input pipeline (see input_pipeline_benchmark.py).
 """
@@ -49,7 +54,10 @@ from coke_jax import objectives
 from coke_jax import sharding
 from coke_jax import train
 from configs import coke_single_view
+from configs import c2bin
 from configs import coke_two_view
+from configs import digits
+from configs import local_aggregation_imagenet
 from configs import self_classifier_imagenet
 from configs import swav_imagenet
 
@@ -72,6 +80,10 @@ _OBJECTIVES = flags.DEFINE_list(
     "objectives", ["coke:1", "swav:2", "swav:2+6"], "Table 4: objective:views[+small views].")
 _OBJECTIVE_BACKBONE = flags.DEFINE_string("objective_backbone", "resnet50",
                                           "Backbone for table 4.")
+_RECIPE = flags.DEFINE_enum("recipe", "imagenet", ["imagenet", "digits"],
+                            "Table 4's configs: each objective's ImageNet config on "
+                            "--objective_backbone, or configs/digits.py:<objective> as it is "
+                            "(its small CNN at 8x8; the README methods table's step times).")
 _CPU_TIME = flags.DEFINE_bool("cpu_time", False, "Table 1 adds the median process CPU time per "
                               "step, all threads: steadier than wall-clock on a shared host.")
 
@@ -131,6 +143,10 @@ def _config(backbone: str, num_clusters, num_views: int, objective: str = "coke"
   elif objective == "self_classifier":
     config = self_classifier_imagenet.get_config()
     config.objective.column_group_size = 0  # the benchmark's batch, whatever it is
+  elif objective == "c2bin":
+    config = c2bin.get_config("imagenet")
+  elif objective == "local_aggregation":
+    config = local_aggregation_imagenet.get_config()
   else:
     raise app.UsageError(f"Unknown objective {objective!r}; known: {list(objectives.NAMES)}.")
   backbone, overrides = parse_backbone(backbone)
@@ -270,17 +286,26 @@ def main(argv):
 
 
   if "4" in _TABLES.value:
-    print(f"\nObjectives ({_OBJECTIVE_BACKBONE.value}, batch {_BATCH.value}, their ImageNet "
-          "configs); CoKe's Table 6: 11.1 / 20.8 = 0.53 min per epoch (CoKe 1 view / SwAV)")
+    if _RECIPE.value == "imagenet":
+      print(f"\nObjectives ({_OBJECTIVE_BACKBONE.value}, batch {_BATCH.value}, their ImageNet "
+            "configs); CoKe's Table 6: 11.1 / 20.8 = 0.53 min per epoch (CoKe 1 view / SwAV)")
+    else:
+      print(f"\nObjectives (configs/digits.py:<objective>, batch {_BATCH.value})")
     print("| objective | views | step ms | images/s | first row / this |")
     print("| --- | --- | --- | --- | --- |")
     first = None
     for spec in _OBJECTIVES.value:
       name, _, views = spec.partition(":")
       large, _, small = (views or "2").partition("+")
-      config, shape = _config(_OBJECTIVE_BACKBONE.value, clusters, int(large), name,
-                              int(small or 0))
-      _, step_s, _, _ = time_step(config, shape, 1_281_167, count_flops=False)
+      if _RECIPE.value == "imagenet":
+        config, shape = _config(_OBJECTIVE_BACKBONE.value, clusters, int(large), name,
+                                int(small or 0))
+        num_examples = 1_281_167
+      else:
+        config, shape, num_examples = digits.get_config(name), (8, 8, 1), 1_438
+        config.num_views, config.num_small_views = int(large), int(small or 0)
+        config.global_batch_size = _BATCH.value
+      _, step_s, _, _ = time_step(config, shape, num_examples, count_flops=False)
       first = first or step_s
       print(f"| {name} | {views} | {step_s * 1e3:,.0f} | {_BATCH.value / step_s:,.1f} | "
             f"{first / step_s:.2f} |", flush=True)
