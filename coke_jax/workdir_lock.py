@@ -42,8 +42,9 @@ class WorkdirNotWritableError(errors.ConfigError):
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ESTALE)
 # The same as TensorStore (Orbax's arrays) and TensorFlow's gfile (events, pictures) report it:
 # not OSErrors, but their status code or the strerror text in the message.
-_WRITE_MARKERS = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "No space left on device",
-                  "Disk quota exceeded", "Read-only file system", "Permission denied")
+_WRITE_REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                  "Permission denied")
+_WRITE_MARKERS = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED") + _WRITE_REASONS
 
 
 def write_failure(error: BaseException):
@@ -74,7 +75,7 @@ def describe(error: BaseException) -> str:
     where = f": {error.filename}" if error.filename else ""
     return f"{type(error).__name__}: {os.strerror(error.errno)}{where}"
   text = " ".join(str(error).split())
-  reason = next((m for m in _WRITE_MARKERS[2:] if m in text), None)
+  reason = next((m for m in _WRITE_REASONS if m in text), None)
   return f"{type(error).__name__}: {reason or text[:200]}"
 
 
