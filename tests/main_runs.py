@@ -37,9 +37,15 @@ def config_flags(**overrides) -> list[str]:
 class MainRun:
   """One `python main.py ...` process with `devices` CPU devices; stop() it in a cleanup."""
 
-  def __init__(self, args, log_path: str, devices: int = 8, cache_dir: str = "", prefix=()):
+  def __init__(self, args, log_path: str, devices: int = 8, cache_dir: str = "", prefix=(),
+               threads: int = 0):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    if threads:
+      # XLA's CPU thread pool is max(cores, local devices) threads unless PJRT_NPROC says
+      # otherwise, and the thread count changes how a convolution's gradient sums are split,
+      # hence their last bits. Runs compared bit for bit across layouts need the same count.
+      env["PJRT_NPROC"] = str(threads)
     if cache_dir:
       env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -3,11 +3,14 @@
 Process p of 2 has 2 virtual CPU devices and reads only its half of every
 batch; the reference is 1 process with 4 devices. Both use gloo's all-reduce
 (the reference through jax.distributed with one process): the single-process
-CPU all-reduce adds the devices' values in another order, which changes the
-last bit of BatchNorm statistics and gradients, and training amplifies that.
-With the same reductions, the same 4-device program on the same machine, the two
-runs may be compared bit for bit; across CPUs only to a derived tolerance
-(tests/train_step_test.py).
+CPU all-reduce adds the devices' values in another order. Both also get the same
+XLA CPU thread pool (PJRT_NPROC=4): its default size,
+max(cores, local devices), is 4 against 2 on a 2-core machine, and the thread
+count changes how XLA's kernels split the convolutions' gradient sums (the
+first training step's update already differs in the last bits, and training
+amplifies it). With the same reductions and threads, the same 4-device program
+on the same machine, the two runs may be compared bit for bit; across CPUs only
+to a derived tolerance (tests/train_step_test.py).
 
 The two-process run is also preempted (SIGTERM to process 1 only): both
 processes must stop at the same step, save, exit with status 75, and resume to
@@ -33,7 +36,8 @@ class TwoProcessesTest(absltest.TestCase):
   def _start(self, workdir, name, devices, *extra):
     run = main_runs.MainRun(["--config=configs/smoke.py", f"--workdir={workdir}",
                              *main_runs.config_flags(**_OVERRIDES), *extra],
-                            os.path.join(self.logs, name), devices=devices, cache_dir=self.cache)
+                            os.path.join(self.logs, name), devices=devices, cache_dir=self.cache,
+                            threads=4)
     self.addCleanup(run.stop)
     return run
 
