@@ -42,7 +42,8 @@ def default_config(objective: str = "coke") -> config_dict.ConfigDict:
   c.num_views = 2                      # views per example for the loss and assignment (Eq. 15)
   c.num_small_views = 0                # multi-crop: small views per example (supp. 2.1: 6 x 96)
   c.augment = config_dict.ConfigDict()
-  # digits (8x8 arrays): affine jitter, cutout, noise.
+  # Arrays (digits, Fashion-MNIST): horizontal flip, affine jitter, cutout, noise.
+  c.augment.mirror_prob = 0.0          # a mirrored digit is no digit; clothes: 0.5
   c.augment.max_rotation_deg = 15.0
   c.augment.scale_range = (0.9, 1.1)
   c.augment.max_shift = 1.0            # pixels
@@ -146,6 +147,7 @@ RULES = {
     "dataset.validation_fraction": rules.real(0, 1, hi_open=True),
     "num_views": rules.integer(1, _VIEWS),
     "num_small_views": rules.integer(0, _VIEWS),
+    "augment.mirror_prob": rules.PROBABILITY,
     "augment.max_rotation_deg": rules.real(0, 180),
     "augment.scale_range": rules.interval(0, 4),
     "augment.max_shift": rules.real(0, 64),

@@ -46,10 +46,10 @@ def get_config(objective: str = "coke"):
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.eval_every_epochs = 25
-  if objective not in _OBJECTIVES:
+  if objective not in OBJECTIVES:
     raise errors.ConfigError(f"configs/digits.py has no settings for the objective "
-                             f"{objective!r}; it has {sorted(_OBJECTIVES)}.")
-  _OBJECTIVES[objective](c)
+                             f"{objective!r}; it has {sorted(OBJECTIVES)}.")
+  OBJECTIVES[objective](c)
   return c
 
 
@@ -120,5 +120,5 @@ def _local_aggregation(c):
   c.objective.warmup_epochs = 10            # 5% of the run, as 10 of ImageNet's 200
 
 
-_OBJECTIVES = {"coke": _coke, "swav": _swav, "self_classifier": _self_classifier,
+OBJECTIVES = {"coke": _coke, "swav": _swav, "self_classifier": _self_classifier,
                "c2bin": _c2bin, "local_aggregation": _local_aggregation}

@@ -20,6 +20,7 @@ from coke_jax.data import augment
 from coke_jax.data import input_pipeline
 from coke_jax.data import sources
 from coke_jax.evaluation import linear_probe
+from tests import data_fashion_mnist_test
 from tests import fake_tfds
 
 _FILES = sorted(os.path.basename(p)[:-3]
@@ -46,6 +47,8 @@ def _shrunk(config, data_dir):
   if config.model.backbone.startswith("resnet"):
     config.model.backbone = "resnet18"
     config.model.backbone_kwargs = {**config.model.backbone_kwargs.to_dict(), "width": 8}
+  if config.dataset.name == "fashion_mnist":  # tiny IDX files (data_fashion_mnist_test)
+    config.dataset.data_dir = os.path.join(data_dir, "fashion_mnist")
   if config.dataset.name in _FAKE:
     config.dataset.name = _FAKE[config.dataset.name]
     config.dataset.data_dir = data_dir
@@ -86,6 +89,9 @@ class ConfigsTest(parameterized.TestCase):
     cls.fake_data = fake_tfds.prepared(
         (fake_tfds.FakeCifar10, fake_tfds.FakeCifar100, fake_tfds.FakeImagenet))
     cls.data_dir = cls.fake_data.__enter__()
+    os.makedirs(os.path.join(cls.data_dir, "fashion_mnist"))
+    data_fashion_mnist_test.write_dataset(os.path.join(cls.data_dir, "fashion_mnist"),
+                                          num_train=64, num_heldout=16)
 
   @classmethod
   def tearDownClass(cls):

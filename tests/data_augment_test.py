@@ -133,6 +133,12 @@ class ColorTest(absltest.TestCase):
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 
 
+def _unmirrored(image, seed, config):
+  config = config.copy_and_resolve_references()
+  config.mirror_prob = 0.0
+  return augment.digits_view(image, seed, config).numpy()
+
+
 class ViewTest(absltest.TestCase):
 
   def test_default_recipe_is_the_official_asymmetric_pair(self):
@@ -163,6 +169,28 @@ class ViewTest(absltest.TestCase):
     self.assertEqual(a.shape, (32, 32, 3))
     self.assertBetween(float(a.min()), 0.0, 1.0)
     self.assertBetween(float(a.max()), 0.0, 1.0)
+
+  def test_array_mirror_flips_before_the_affine_and_leaves_the_other_draws(self):
+    """augment.mirror_prob: 1 flips, 0 leaves the view exactly as before the key existed."""
+    image = tf.constant(np.random.default_rng(0).uniform(size=(28, 28, 1)), tf.float32)
+    config = testing.smoke_config().augment
+    with config.unlocked():
+      config.erase_prob, config.noise_std = 0.5, 0.1
+    views = {}
+    for prob in (0.0, 1.0):
+      with config.unlocked():
+        config.mirror_prob = prob
+      views[prob] = [augment.digits_view(x, _seed(3), config).numpy()
+                     for x in (image, image[:, ::-1])]
+    # The mirrored view of an image is the unmirrored view of its mirror image: the flip
+    # comes first and the affine, cutout and noise draws do not depend on it.
+    np.testing.assert_array_equal(views[1.0][0], views[0.0][1])
+    np.testing.assert_array_equal(views[1.0][1], views[0.0][0])
+    with config.unlocked():
+      config.mirror_prob = 0.5
+    flipped = [not np.array_equal(augment.digits_view(image, _seed(i), config).numpy(),
+                                  _unmirrored(image, _seed(i), config)) for i in range(200)]
+    self.assertBetween(np.mean(flipped), 0.4, 0.6)
 
   def test_center_view_matches_resize_and_center_crop(self):
     """torchvision's Resize(256) + CenterCrop(224) on an image whose short side is 256."""

@@ -65,8 +65,13 @@ def random_erase(image: tf.Tensor, seed: tf.Tensor, prob: float, size: int) -> t
 
 
 def digits_view(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
-  """One augmented view of an 8x8 digit: affine jitter, cutout, pixel noise."""
+  """One augmented view of a small array image (digits, Fashion-MNIST): a horizontal flip
+  with probability `mirror_prob` (clothes are left-right symmetric, digits are not), affine
+  jitter, cutout, pixel noise."""
   s_affine, s_erase, s_noise = _split(seed, 3)
+  # The flip's draw comes from its own seed, so that the other draws stay what they were.
+  image = _maybe(tf.random.experimental.stateless_fold_in(seed, 3), config.mirror_prob,
+                 lambda x: x[:, ::-1], image)
   image = random_affine(image, s_affine, config.max_rotation_deg, tuple(config.scale_range),
                         config.max_shift)
   if config.erase_prob > 0:
