@@ -63,7 +63,7 @@ flags.mark_flags_as_required(["config"])
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL of sysexits.h: try again (resume) later.
 # Errors whose message says what was wrong and what to do: shown without a traceback.
 _USER_ERRORS = (errors.ConfigError, sources.MissingDataError, restore.MissingCheckpointError,
-                FloatingPointError)
+                FloatingPointError, errors.ReplicaMismatchError)
 
 
 _LIBRARIES = ("/orbax/", "/tensorflow/", "/tensorflow_datasets/")

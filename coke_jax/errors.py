@@ -7,3 +7,7 @@ traceback; any other exception is a bug and keeps its traceback.
 
 class ConfigError(ValueError):
   """A config value, a flag or the data given does not work; the message names the fix."""
+
+
+class ReplicaMismatchError(RuntimeError):
+  """The devices' copies of the replicated train state disagree (`sharding.check_replicas`)."""

@@ -9,7 +9,8 @@
     writer (TensorBoard and the metrics file), not to the console;
   * watches for NaN/inf (`monitor.NonFiniteCheck`: read at log steps and before
     every save, so a bad state is never checkpointed);
-  * calls `end_epoch(state, step)` after the last step of every epoch;
+  * calls `end_epoch(state, step)` after the last step of every epoch, then checks that
+    every device's copy of the state is the same (`sharding.check_replicas`);
   * saves at the checkpointer's interval (Orbax's policy), at the end and at a
     preemption (SIGTERM), then raises `checkpointing.Preempted`.
 A batch is a pure function of (seed, epoch, step), so starting again at the
@@ -25,6 +26,7 @@ import jax
 
 from coke_jax import checkpointing
 from coke_jax import monitor
+from coke_jax import sharding
 from coke_jax.data import prefetch
 
 
@@ -74,8 +76,10 @@ def run(state, *, step_fn: Callable, batches: Callable[[int, int], Iterable[dict
           last_step, last_time = step, now
           logging.info("step %d/%d  %s  loss %.4f  %s img/s", step, total,
                        describe_epoch(step), float(metrics["loss"]), f"{rate:,.0f}")
-        if end_epoch is not None and step % spe == 0:
-          state = end_epoch(state, step)
+        if step % spe == 0:
+          if end_epoch is not None:
+            state = end_epoch(state, step)
+          sharding.check_replicas(state, mesh, step)  # before this epoch's state is saved
         preempted = preemption.reached(step)
         if preempted or step == end or checkpointer.should_save(step):
           nonfinite.check(step, checkpointer, state)  # a NaN state is never saved

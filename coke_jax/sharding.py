@@ -17,6 +17,7 @@ with no explicit all-reduce of gradients (`tests/sharding_test.py` checks the
 value and the gradient against one device, padding rows included).
 """
 
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -127,6 +128,62 @@ def global_rows(rows: int) -> int:
 def total(x: Any) -> Any:
   """Sum over devices (of values already reduced on each device, such as counts)."""
   return lax.psum(x, DATA_AXIS)
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+  """A uint32 fingerprint of x's bits: sum_i bits_i * (2 i + 1) mod 2^32 (integer arithmetic
+  wraps, so the order of the sum does not matter; the odd weights make any change to one
+  element, or two elements trading places, change it)."""
+  if x.dtype.itemsize == 8:
+    bits = lax.bitcast_convert_type(x, jnp.uint32)  # [..., 2]
+  elif jnp.issubdtype(x.dtype, jnp.floating):
+    bits = lax.bitcast_convert_type(x, {4: jnp.uint32, 2: jnp.uint16}[x.dtype.itemsize])
+  else:
+    bits = x
+  bits = jnp.ravel(bits).astype(jnp.uint32)
+  weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
+  return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+@functools.lru_cache(maxsize=None)
+def _checksums_fn(mesh: Mesh, num_leaves: int) -> Callable:
+  def per_device(*xs):
+    # pcast: each device's own copy, which the type system would otherwise call one value.
+    sums = jnp.stack([lax.pcast(_checksum(x), DATA_AXIS, to="varying") for x in xs])
+    return lax.all_gather(sums, DATA_AXIS, axis=1, to="invarying")  # [leaves, devices]
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(),) * num_leaves,
+                               out_specs=P()))
+
+
+def replica_checksums(tree: Any, mesh: Mesh) -> tuple[list[str], np.ndarray]:
+  """(leaf paths, [leaves, devices] uint32): each device's checksum of its copy of each
+  array of a replicated pytree, in mesh order (every host's devices)."""
+  paths, leaves = zip(*[(jax.tree_util.keystr(p), x) for p, x in
+                        jax.tree_util.tree_flatten_with_path(tree)[0]
+                        if isinstance(x, jax.Array)])
+  checksums = _checksums_fn(mesh, len(leaves))(*leaves)
+  return list(paths), np.asarray(checksums.addressable_data(0))
+
+
+def check_replicas(tree: Any, mesh: Mesh, step: int):
+  """Raises ReplicaMismatchError if any device's copy of the replicated `tree` differs.
+
+  Every device recomputes the replicated state (the objective's label tables, centers,
+  banks, ...) from the gathered batch; an op that rounds differently from one run to the
+  next (a scatter-add with atomics on a GPU) would let the copies drift apart unseen. The
+  loop checks at every epoch end, before the state can be saved.
+  """
+  paths, sums = replica_checksums(tree, mesh)
+  bad = np.flatnonzero(np.any(sums != sums[:, :1], axis=1))
+  if bad.size:
+    leaf = bad[0]
+    devices = np.flatnonzero(sums[leaf] != sums[leaf, 0]).tolist()
+    raise errors.ReplicaMismatchError(
+        f"after step {step} the devices' copies of the train state disagree: "
+        f"{len(bad)} array(s), first state{paths[leaf]}, where device(s) {devices} of "
+        f"{sums.shape[1]} differ from device 0. An op of the step is not deterministic on this "
+        f"backend (on GPUs try XLA_FLAGS=--xla_gpu_deterministic_ops=true); the checkpoints "
+        f"before this step are intact, resume from them.")
 
 
 def host_copy(tree: Any) -> Any:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coke_jax import errors
 from coke_jax import sharding
 from tests import testing
 
@@ -78,6 +79,51 @@ class BatchCollectivesTest(absltest.TestCase):
     total = testing.on_devices(lambda r: jnp.float32(sharding.global_rows(r.shape[0])), 8,
                                jnp.zeros(16))
     self.assertEqual(float(total), 16)
+
+
+
+class ReplicaCheckTest(absltest.TestCase):
+  """Each device's copy of a replicated state is compared; one differing bit is one line."""
+
+  def setUp(self):
+    super().setUp()
+    self.mesh = sharding.make_mesh()
+    self.assertGreater(self.mesh.devices.size, 1, "needs XLA's 8 host devices (conftest)")
+    self.state = jax.device_put(
+        {"labels": jnp.arange(12, dtype=jnp.int32) % 5, "centers": jnp.linspace(-1, 1, 20),
+         "counts": jnp.zeros((3, 2), jnp.uint8), "step": jnp.int32(4)},
+        sharding.replicated(self.mesh))
+
+  def _with_copy(self, name, device, value):
+    """The state with `device`'s copy of `name` replaced by `value`."""
+    x = self.state[name]
+    copies = [jax.device_put(value if i == device else np.asarray(x), d)
+              for i, d in enumerate(self.mesh.devices.flat)]
+    return {**self.state, name: jax.make_array_from_single_device_arrays(
+        x.shape, x.sharding, copies)}
+
+  def test_identical_copies_pass(self):
+    paths, sums = sharding.replica_checksums(self.state, self.mesh)
+    self.assertLen(paths, 4)
+    self.assertEqual(sums.shape, (4, self.mesh.devices.size))
+    self.assertTrue(np.all(sums == sums[:, :1]))
+    sharding.check_replicas(self.state, self.mesh, step=3)
+
+  def test_one_bit_or_two_swapped_values_on_one_device_are_named(self):
+    bits = np.asarray(self.state["centers"]).view(np.uint32).copy()
+    bits[7] ^= 1                                                 # the last mantissa bit
+    swapped = np.asarray(self.state["labels"])[[1, 0] + list(range(2, 12))]
+    changed = {"centers": (2, bits.view(np.float32)),
+               "labels": (self.mesh.devices.size - 1, swapped)}
+    for name, (device, value) in changed.items():
+      with self.subTest(name=name):
+        with self.assertRaises(errors.ReplicaMismatchError) as caught:
+          sharding.check_replicas(self._with_copy(name, device, value), self.mesh, step=17)
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        self.assertIn("after step 17", message)
+        self.assertIn(f"state['{name}']", message)
+        self.assertIn(f"device(s) [{device}]", message)
 
 
 if __name__ == "__main__":
