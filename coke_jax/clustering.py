@@ -112,21 +112,9 @@ def assign(sims: jax.Array, dual: jax.Array) -> jax.Array:
   return jnp.argmax(sims + dual[None, :], axis=-1).astype(jnp.int32)
 
 
-def _member_sum(labels: jax.Array, values: jax.Array, num_clusters: int) -> jax.Array:
-  """sum_i mu_ik v_i for each cluster k: [K, ...] from labels [B] and values [B, ...].
-
-  A product with the one-hot mu [B, K] rather than a scatter-add (`segment_sum`): a
-  scatter-add may round differently from run to run on a GPU, and every device computes
-  these sums for its own copy of the replicated state, which must stay identical
-  (`sharding.check_replicas`). The one-hot matrix costs B K, less than the similarities.
-  """
-  members = jax.nn.one_hot(labels, num_clusters, dtype=values.dtype)  # [B, K]; 0 rows if < 0
-  return jnp.tensordot(members, values, axes=([0], [0]), precision=lax.Precision.HIGHEST)
-
-
 def cluster_counts(labels: jax.Array, weights: jax.Array, num_clusters: int) -> jax.Array:
   """n_k = sum_i w_i mu_ik: the weighted size of each cluster in a batch, [K]."""
-  return _member_sum(labels, full_precision(weights), num_clusters)
+  return jax.ops.segment_sum(full_precision(weights), labels, num_segments=num_clusters)
 
 
 def project_dual(rho: jax.Array, tau: Optional[float] = None) -> jax.Array:
@@ -191,7 +179,8 @@ def accumulate_centers(centers_sum: jax.Array, counts: jax.Array, x: jax.Array,
   num_clusters = centers_sum.shape[0]
   x = full_precision(x)
   weights = full_precision(weights)
-  centers_sum = centers_sum + _member_sum(labels, x * weights[:, None], num_clusters)
+  centers_sum = centers_sum + jax.ops.segment_sum(
+      x * weights[:, None], labels, num_segments=num_clusters)
   counts = counts + cluster_counts(labels, weights, num_clusters)
   return centers_sum, counts
 
