@@ -132,8 +132,8 @@ def total(x: Any) -> Any:
 
 def _checksum(x: jax.Array) -> jax.Array:
   """A uint32 fingerprint of x's bits: sum_i bits_i * (2 i + 1) mod 2^32 (integer arithmetic
-  wraps, so the order of the sum does not matter; the odd weights make any change to one
-  element, or two elements trading places, change it)."""
+  wraps, so the order of the sum does not matter; with odd weights a change to one element
+  always changes it, and two elements trading places almost always)."""
   if x.dtype.itemsize == 8:
     bits = lax.bitcast_convert_type(x, jnp.uint32)  # [..., 2]
   elif jnp.issubdtype(x.dtype, jnp.floating):
@@ -162,7 +162,7 @@ def replica_checksums(tree: Any, mesh: Mesh) -> tuple[list[str], np.ndarray]:
                         jax.tree_util.tree_flatten_with_path(tree)[0]
                         if isinstance(x, jax.Array)])
   checksums = _checksums_fn(mesh, len(leaves))(*leaves)
-  return list(paths), np.asarray(checksums.addressable_data(0))
+  return list(paths), host_copy(checksums)
 
 
 def check_replicas(tree: Any, mesh: Mesh, step: int):
