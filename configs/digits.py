@@ -102,7 +102,7 @@ def _c2bin(c):
   c.objective.entropy_weight = 1.0
   c.objective.momentum = 0.995
   # PICA's bounded forms of Eq. 4 and Eq. 5, chosen on the validation split (seed 0,
-  # `python -m benchmarks.digits_quality --objectives c2bin --seeds 0 --validation`, and with
+  # `python -m benchmarks.quality --objectives c2bin --seeds 0 --validation`, and with
   # `-- --config.objective.bca_form=text --config.objective.entropy_of=mass`, 2026-12-02):
   # K = 10 ACC 0.836 / NMI 0.829 / kNN 0.997, against 0.223 / 0.143 / 0.383 with the text's
   # forms ("text", "mass"), which collapsed (docs/objectives/c2bin.md).

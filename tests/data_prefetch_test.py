@@ -13,6 +13,7 @@ import numpy as np
 
 from coke_jax import sharding
 from coke_jax.data import prefetch
+import tests
 from tests import testing
 
 
@@ -141,7 +142,7 @@ class TwoProcessesTest(absltest.TestCase):
     with socket.socket() as s:
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "XLA_FLAGS": tests.xla_flags(2),
            "JAX_PLATFORMS": "cpu"}
     runs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESSES, str(port), str(p)],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

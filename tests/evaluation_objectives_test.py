@@ -16,6 +16,7 @@ from coke_jax import objectives
 from coke_jax import train
 from coke_jax.evaluation import checkpoint_eval
 from coke_jax.evaluation import linear_probe
+import tests
 from tests import testing
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ class EveryObjectiveEvaluatesTest(absltest.TestCase):
 
   def test_eval_and_linear_eval_on_one_device_of_a_checkpoint_from_eight(self):
     out_dir = self.create_tempdir().full_path
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    env = {**os.environ, "XLA_FLAGS": tests.xla_flags(1),
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": _REPO}
     result = subprocess.run([sys.executable, "-c", _ONE_DEVICE, json.dumps(self.pretrain),
                              out_dir], cwd=_REPO, env=env, capture_output=True, text=True,

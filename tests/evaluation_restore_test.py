@@ -17,6 +17,7 @@ from coke_jax import train
 from coke_jax.data import sources
 from coke_jax.evaluation import linear_probe
 from coke_jax.evaluation import restore
+import tests
 from tests import testing
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ class RestoreTest(absltest.TestCase):
 
   def test_one_device_restores_the_backbone_saved_on_eight(self):
     out = os.path.join(self.create_tempdir().full_path, "restored.npz")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    env = {**os.environ, "XLA_FLAGS": tests.xla_flags(1),
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": _REPO}
     result = subprocess.run([sys.executable, "-c", _ONE_DEVICE, self.pretrain_dir, out], cwd=_REPO,
                             env=env, capture_output=True, text=True, timeout=300)

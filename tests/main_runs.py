@@ -18,6 +18,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+import tests
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +42,7 @@ class MainRun:
   def __init__(self, args, log_path: str, devices: int = 8, cache_dir: str = "", prefix=(),
                threads: int = 0):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+           "XLA_FLAGS": tests.xla_flags(devices)}
     if threads:
       # XLA's CPU thread pool is max(cores, local devices) threads unless PJRT_NPROC says
       # otherwise, and the thread count changes how a convolution's gradient sums are split,

@@ -9,6 +9,7 @@ from absl.testing import absltest
 
 from coke_jax import checkpointing
 from coke_jax import train
+import tests
 from tests import testing
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ class MainTest(absltest.TestCase):
   def _main(self, *args):
     return subprocess.run([sys.executable, "main.py", *args], cwd=_REPO, capture_output=True,
                           text=True, timeout=300,
-                          env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                          env={**os.environ, "XLA_FLAGS": tests.xla_flags(), "JAX_PLATFORMS": "cpu"})
 
   def test_unknown_config_key_is_an_error(self):
     out = self._main("--config=configs/smoke.py", "--workdir=" + self.create_tempdir().full_path,
