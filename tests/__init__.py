@@ -15,10 +15,13 @@ COMPILE_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def xla_flags(devices: int | None = None) -> str:
-  """XLA_FLAGS for a test's subprocess: `devices` virtual CPU devices (None: the default of
-  one), compiled as the suite's own processes are."""
-  count = "" if devices is None else f"--xla_force_host_platform_device_count={devices} "
-  return count + COMPILE_FLAGS
+  """XLA_FLAGS for a test's subprocess: `devices` virtual CPU devices, compiled as the suite's
+  own processes are. None names no count: one device, unless the child imports `tests`
+  (which then sets 8)."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()  # the caller's other flags
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  count = [] if devices is None else [f"--xla_force_host_platform_device_count={devices}"]
+  return " ".join(count + kept + ([] if COMPILE_FLAGS in kept else [COMPILE_FLAGS]))
 
 
 _flags = os.environ.get("XLA_FLAGS", "")

@@ -22,7 +22,7 @@ from tests import testing
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Runs on ONE device (no --xla_force_host_platform_device_count): restores the backbone
+# Runs on ONE device (--xla_force_host_platform_device_count=1): restores the backbone
 # and the clustering state of a checkpoint written on 8 devices and saves them as .npz.
 _ONE_DEVICE = textwrap.dedent("""
     import sys

@@ -88,7 +88,7 @@ class ReplicaCheckTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.mesh = sharding.make_mesh()
-    self.assertGreater(self.mesh.devices.size, 1, "needs XLA's 8 host devices (conftest)")
+    self.assertGreater(self.mesh.devices.size, 1, "needs XLA's 8 host devices (tests/__init__.py)")
     self.state = jax.device_put(
         {"labels": jnp.arange(12, dtype=jnp.int32) % 5, "centers": jnp.linspace(-1, 1, 20),
          "counts": jnp.zeros((3, 2), jnp.uint8), "step": jnp.int32(4)},
