@@ -52,6 +52,16 @@ class BackboneTest(parameterized.TestCase):
     self.assertEqual(inter["intermediates"]["stage4_block1"]["__call__"][0].shape, (1, 4, 4, 512))
     self.assertEqual(variables["params"]["Conv_0"]["kernel"].shape, (3, 3, 3, 64))
 
+  def test_small_cnn_stem_stride(self):
+    # 28 px: stages at 28, 14, 7 with the default stem; 14, 7, 4 with stem_stride 2.
+    for stride, sides in ((1, (28, 28, 14, 14, 7, 7)), (2, (14, 14, 7, 7, 4, 4))):
+      module = models.BACKBONES["small_cnn"](widths=(4, 8, 16), stem_stride=stride)
+      variables = _init(module, (1, 28, 28, 1))
+      _, inter = jax.eval_shape(lambda v, x: module.apply(
+          v, x, train=False, capture_intermediates=True), variables, jnp.zeros((1, 28, 28, 1)))
+      self.assertEqual(tuple(inter["intermediates"][f"Conv_{i}"]["__call__"][0].shape[1]
+                             for i in range(6)), sides)
+
   def test_zero_init_last_bn_makes_blocks_start_as_identity(self):
     params = _init(resnet.resnet18(zero_init_last_bn=True), (1, 32, 32, 3))["params"]
     scales = [p["BatchNorm_1"]["scale"] for k, p in params.items() if k.startswith("stage")]

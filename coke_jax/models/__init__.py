@@ -23,7 +23,7 @@ BACKBONES = {
 # --config.model.backbone switches to another, the ones that belong to another backbone are
 # dropped with a warning, so the new one starts from its defaults.
 BACKBONE_KWARGS = {
-    "small_cnn": ("widths",),
+    "small_cnn": ("widths", "stem_stride"),
     "resnet18": ("cifar_stem", "zero_init_last_bn", "width"),
     "resnet34": ("cifar_stem", "zero_init_last_bn", "width"),
     "resnet50": ("cifar_stem", "zero_init_last_bn", "width"),
