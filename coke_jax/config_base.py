@@ -42,11 +42,14 @@ def default_config(objective: str = "coke") -> config_dict.ConfigDict:
   c.num_views = 2                      # views per example for the loss and assignment (Eq. 15)
   c.num_small_views = 0                # multi-crop: small views per example (supp. 2.1: 6 x 96)
   c.augment = config_dict.ConfigDict()
-  # Arrays (digits, Fashion-MNIST): horizontal flip, affine jitter, cutout, noise.
+  # Arrays (digits, Fashion-MNIST): horizontal flip, affine jitter, brightness and contrast,
+  # cutout, noise.
   c.augment.mirror_prob = 0.0          # a mirrored digit is no digit; clothes: 0.5
   c.augment.max_rotation_deg = 15.0
   c.augment.scale_range = (0.9, 1.1)
   c.augment.max_shift = 1.0            # pixels
+  # Brightness and contrast strengths (ColorJitter's: factors uniform in [1 - s, 1 + s]).
+  c.augment.gray_jitter = (0.0, 0.0)
   c.augment.erase_prob = 0.0
   c.augment.erase_size = 3
   c.augment.noise_std = 0.0
@@ -151,6 +154,7 @@ RULES = {
     "augment.max_rotation_deg": rules.real(0, 180),
     "augment.scale_range": rules.interval(0, 4),
     "augment.max_shift": rules.real(0, 64),
+    "augment.gray_jitter": rules.each(rules.real(0, 1), length=2),
     "augment.erase_prob": rules.PROBABILITY,
     "augment.erase_size": rules.integer(1, 64),
     "augment.noise_std": rules.real(0, 10),
@@ -169,6 +173,7 @@ RULES = {
     "augment.small_jitter": _JITTER,
     "augment.small_blur_prob": rules.PROBABILITY,
     "model.backbone_kwargs.widths": rules.each(rules.integer(1, _DIM)),
+    "model.backbone_kwargs.stem_stride": rules.integer(1, 4),
     "model.backbone_kwargs.width": rules.integer(1, _DIM),
     "model.proj_hidden_dim": rules.integer(1, _DIM),
     "model.proj_layers": rules.integer(1, 16),

@@ -192,6 +192,33 @@ class ViewTest(absltest.TestCase):
                                   _unmirrored(image, _seed(i), config)) for i in range(200)]
     self.assertBetween(np.mean(flipped), 0.4, 0.6)
 
+  def test_array_gray_jitter_is_colorjitter_brightness_then_contrast(self):
+    """augment.gray_jitter (b, c): clip(x f_b), then a blend with the view's mean gray level,
+    factors uniform in [1 - s, 1 + s]; (0, 0) leaves the other draws as they were."""
+    image = np.random.default_rng(0).uniform(0.2, 0.6, size=(28, 28, 1)).astype(np.float32)
+    config = testing.smoke_config().augment
+    with config.unlocked():
+      config.max_rotation_deg, config.scale_range, config.max_shift = 0.0, (1.0, 1.0), 0.0
+    plain = augment.digits_view(tf.constant(image), _seed(0), config).numpy()
+    np.testing.assert_allclose(plain, image, atol=1e-6)  # the identity affine
+    factors = {}
+    for strength in ((0.4, 0.0), (0.0, 0.4)):
+      with config.unlocked():
+        config.gray_jitter = strength
+      factors[strength] = []
+      for i in range(100):
+        view = augment.digits_view(tf.constant(image), _seed(i), config).numpy()
+        if strength[0]:   # brightness: view = x f (x <= 0.6 and f <= 1.4: no clipping)
+          f = view[0, 0, 0] / image[0, 0, 0]
+          np.testing.assert_allclose(view, image * f, rtol=1e-5)
+        else:             # contrast: view - mean = f (x - mean); the mean is kept
+          mean = image.mean()
+          f = (view[0, 0, 0] - mean) / (image[0, 0, 0] - mean)
+          np.testing.assert_allclose(view, mean + f * (image - mean), atol=1e-5)
+        factors[strength].append(f)
+      self.assertBetween(min(factors[strength]), 0.6, 0.7)
+      self.assertBetween(max(factors[strength]), 1.3, 1.4)
+
   def test_center_view_matches_resize_and_center_crop(self):
     """torchvision's Resize(256) + CenterCrop(224) on an image whose short side is 256."""
     image = (np.random.default_rng(0).uniform(size=(256, 320, 3)) * 255).astype(np.uint8)

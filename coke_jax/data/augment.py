@@ -67,13 +67,22 @@ def random_erase(image: tf.Tensor, seed: tf.Tensor, prob: float, size: int) -> t
 def digits_view(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
   """One augmented view of a small array image (digits, Fashion-MNIST): a horizontal flip
   with probability `mirror_prob` (clothes are left-right symmetric, digits are not), affine
-  jitter, cutout, pixel noise."""
+  jitter, brightness and contrast (`gray_jitter`, ColorJitter's factors), cutout, pixel
+  noise."""
   s_affine, s_erase, s_noise = _split(seed, 3)
-  # The flip's draw comes from its own seed, so that the other draws stay what they were.
+  # The flip's and the jitter's draws come from their own seeds, so that the other draws
+  # stay what they were before these keys existed.
   image = _maybe(tf.random.experimental.stateless_fold_in(seed, 3), config.mirror_prob,
                  lambda x: x[:, ::-1], image)
   image = random_affine(image, s_affine, config.max_rotation_deg, tuple(config.scale_range),
                         config.max_shift)
+  brightness, contrast = config.gray_jitter
+  if brightness > 0 or contrast > 0:
+    s_b, s_c = _split(tf.random.experimental.stateless_fold_in(seed, 4), 2)
+    image = tf.clip_by_value(image * _uniform(s_b, max(0.0, 1 - brightness), 1 + brightness),
+                             0.0, 1.0)
+    image = _blend(image, tf.reduce_mean(image),
+                   _uniform(s_c, max(0.0, 1 - contrast), 1 + contrast))
   if config.erase_prob > 0:
     image = random_erase(image, s_erase, config.erase_prob, config.erase_size)
   if config.noise_std > 0:
