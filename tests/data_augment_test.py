@@ -193,14 +193,14 @@ class ViewTest(absltest.TestCase):
     self.assertBetween(np.mean(flipped), 0.4, 0.6)
 
   def test_array_gray_jitter_is_colorjitter_brightness_then_contrast(self):
-    """augment.gray_jitter (b, c): clip(x f_b), then a blend with the view's mean gray level,
-    factors uniform in [1 - s, 1 + s]; (0, 0) leaves the other draws as they were."""
+    """augment.gray_jitter (b, c): clip(x f_b), then a blend with that image's mean gray level,
+    factors uniform in [1 - s, 1 + s]; the affine, cutout and noise draws stay as they were."""
     image = np.random.default_rng(0).uniform(0.2, 0.6, size=(28, 28, 1)).astype(np.float32)
     config = testing.smoke_config().augment
     with config.unlocked():
       config.max_rotation_deg, config.scale_range, config.max_shift = 0.0, (1.0, 1.0), 0.0
-    plain = augment.digits_view(tf.constant(image), _seed(0), config).numpy()
-    np.testing.assert_allclose(plain, image, atol=1e-6)  # the identity affine
+    np.testing.assert_allclose(augment.digits_view(tf.constant(image), _seed(0), config).numpy(),
+                               image, atol=1e-6)  # the identity affine
     factors = {}
     for strength in ((0.4, 0.0), (0.0, 0.4)):
       with config.unlocked():
@@ -218,6 +218,29 @@ class ViewTest(absltest.TestCase):
         factors[strength].append(f)
       self.assertBetween(min(factors[strength]), 0.6, 0.7)
       self.assertBetween(max(factors[strength]), 1.3, 1.4)
+    # Both: the same two factors (their own seeds), brightness first, contrast about the mean
+    # of the brightened image.
+    with config.unlocked():
+      config.gray_jitter = (0.4, 0.4)
+    for i in range(20):
+      bright = np.clip(image * factors[(0.4, 0.0)][i], 0, 1)
+      mean = bright.mean()
+      expected = np.clip(mean + factors[(0.0, 0.4)][i] * (bright - mean), 0, 1)
+      np.testing.assert_allclose(augment.digits_view(tf.constant(image), _seed(i), config),
+                                 expected, atol=1e-5)
+    # A real affine, cutout and noise: the jittered view is the plain view, brightened (noise
+    # off, so the only difference is the factor; cutout's zeros stay zero).
+    with config.unlocked():
+      config.max_rotation_deg, config.scale_range, config.max_shift = 15.0, (0.8, 1.1), 2.0
+      config.erase_prob, config.erase_size = 1.0, 5
+    for i in range(20):
+      with config.unlocked():
+        config.gray_jitter = (0.0, 0.0)
+      plain = augment.digits_view(tf.constant(image), _seed(i), config).numpy()
+      with config.unlocked():
+        config.gray_jitter = (0.4, 0.0)
+      np.testing.assert_allclose(augment.digits_view(tf.constant(image), _seed(i), config),
+                                 np.clip(plain * factors[(0.4, 0.0)][i], 0, 1), atol=1e-5)
 
   def test_center_view_matches_resize_and_center_crop(self):
     """torchvision's Resize(256) + CenterCrop(224) on an image whose short side is 256."""
