@@ -26,12 +26,13 @@ def get_config(objective: str = "coke"):
   c.linear_eval.eval_every_epochs = 10
   c.linear_eval.log_every_steps = 59     # once an epoch
   # The 28-px analogue of random crop and flip (MoCo's probe views): a mirror and small
-  # shifts and scalings; no rotation, cutout or noise.
+  # shifts and scalings; no rotation, gray jitter, cutout or noise.
   c.linear_eval.augment = c.augment.copy_and_resolve_references()
   c.linear_eval.augment.mirror_prob = 0.5
   c.linear_eval.augment.max_rotation_deg = 0.0
   c.linear_eval.augment.scale_range = (0.9, 1.1)
   c.linear_eval.augment.max_shift = 2.0
+  c.linear_eval.augment.gray_jitter = (0.0, 0.0)
   c.linear_eval.augment.erase_prob = 0.0
   c.linear_eval.augment.noise_std = 0.0
   return c
