@@ -79,10 +79,8 @@ def digits_view(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
   brightness, contrast = config.gray_jitter
   if brightness > 0 or contrast > 0:
     s_b, s_c = _split(tf.random.experimental.stateless_fold_in(seed, 4), 2)
-    image = tf.clip_by_value(image * _uniform(s_b, max(0.0, 1 - brightness), 1 + brightness),
-                             0.0, 1.0)
-    image = _blend(image, tf.reduce_mean(image),
-                   _uniform(s_c, max(0.0, 1 - contrast), 1 + contrast))
+    image = _brightness(image, _jitter_factor(s_b, brightness))
+    image = _contrast(image, tf.reduce_mean(image), _jitter_factor(s_c, contrast))
   if config.erase_prob > 0:
     image = random_erase(image, s_erase, config.erase_prob, config.erase_size)
   if config.noise_std > 0:
@@ -198,6 +196,20 @@ def _uniform(seed, low, high):
   return tf.random.stateless_uniform([], seed, low, high)
 
 
+def _jitter_factor(seed, strength: float):
+  """ColorJitter's factor for brightness, contrast or saturation: uniform in [1 - s, 1 + s]."""
+  return _uniform(seed, max(0.0, 1 - strength), 1 + strength)
+
+
+def _brightness(image, factor):
+  return tf.clip_by_value(image * factor, 0.0, 1.0)
+
+
+def _contrast(image, mean_gray, factor):
+  """A blend with the image's mean gray level."""
+  return _blend(image, mean_gray, factor)
+
+
 def jitter_params(seed: tf.Tensor, strength: tuple[float, float, float, float]):
   """ColorJitter's random draws: (brightness, contrast, saturation, hue, order [4] int32).
 
@@ -207,9 +219,9 @@ def jitter_params(seed: tf.Tensor, strength: tuple[float, float, float, float]):
   """
   brightness, contrast, saturation, hue = strength
   s_order, s_b, s_c, s_s, s_h = _split(seed, 5)
-  f_b = _uniform(s_b, max(0.0, 1 - brightness), 1 + brightness)
-  f_c = _uniform(s_c, max(0.0, 1 - contrast), 1 + contrast)
-  f_s = _uniform(s_s, max(0.0, 1 - saturation), 1 + saturation)
+  f_b = _jitter_factor(s_b, brightness)
+  f_c = _jitter_factor(s_c, contrast)
+  f_s = _jitter_factor(s_s, saturation)
   d_h = _uniform(s_h, -hue, hue)
   order = tf.argsort(tf.random.stateless_uniform([4], s_order))
   return f_b, f_c, f_s, d_h, order
@@ -223,8 +235,8 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor,
   with the grayscale image, hue rotates in HSV (draws: `jitter_params`).
   """
   f_b, f_c, f_s, d_h, order = jitter_params(seed, strength)
-  ops = [lambda x: tf.clip_by_value(x * f_b, 0.0, 1.0),
-         lambda x: _blend(x, tf.reduce_mean(tf.image.rgb_to_grayscale(x)), f_c),
+  ops = [lambda x: _brightness(x, f_b),
+         lambda x: _contrast(x, tf.reduce_mean(tf.image.rgb_to_grayscale(x)), f_c),
          lambda x: _blend(x, tf.image.rgb_to_grayscale(x), f_s),
          lambda x: tf.clip_by_value(tf.image.adjust_hue(x, d_h), 0.0, 1.0)]
   for i in range(4):
