@@ -10,8 +10,8 @@ The default is sized for a 2-core CPU and CoKe's is tuned on the validation spli
 "Tuning on the validation split"): small_cnn (16, 32, 64) with a stride-2 first layer, 4.2x
 cheaper than stride 1 (docs/data.md, "A stride-2 first layer"). On the slower of the two
 CPUs such machines have (a Zen 1 EPYC, family 23 model 1) main.py runs its learning steps at
-about 0.2 s, 1.7 minutes an epoch, so 28 epochs, the scan and the evaluation end in about 40
-minutes there (2026-12-03), well inside the 90 the budget allows. `:long` is
+about 0.2 s, 1.6 minutes an epoch: 28 epochs, the scan and the evaluation took 42 min 50 s
+there (2026-12-03, README "Fashion-MNIST"), well inside the 90 the budget allows. `:long` is
 CoKe's CIFAR clustering recipe (supp. Sec. 2.4: ResNet-18 with the CIFAR stem, 400 epochs)
 for an accelerator. Tune on `--config.dataset.validation_fraction=0.1` (a stratified 10% of
 the training images); the t10k files are the held-out split.
@@ -57,7 +57,7 @@ def get_config(variant: str = "coke"):
   c.optimizer.warmup_epochs = 2
   c.optimizer.weight_decay = 5e-4
   c.global_batch_size = 128                  # supp. Sec. 2.4; 469 steps per epoch
-  c.num_epochs = 28                          # 41 minutes on the slower CPU (above)
+  c.num_epochs = 28                          # 43 minutes on the slower CPU (above)
   c.log_every_steps = 100
   c.checkpoint_every_steps = 469             # every epoch
   c.eval_every_epochs = 0                    # an evaluation costs about a minute here
